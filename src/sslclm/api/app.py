@@ -1,0 +1,76 @@
+"""The FastAPI application factory."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from starlette.responses import Response
+
+from sslclm import __version__
+from sslclm.api.deps import TokenCache
+from sslclm.api.errors import install_error_handlers
+from sslclm.api.routes import ROUTERS
+from sslclm.core.config import Settings
+from sslclm.core.platform import Platform
+
+API_PREFIX = "/api/v1"
+
+
+def create_app(settings: Settings | None = None, *, platform: Platform | None = None) -> FastAPI:
+    """Builds the app; the database and keys are opened at startup, not here."""
+    settings = settings or (platform.settings if platform else Settings())
+    owns_platform = platform is None
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if app.state.platform is None:
+            app.state.platform = Platform.open(settings)
+        for hook in app.state.startup_hooks:
+            hook(app.state.platform)
+        try:
+            yield
+        finally:
+            for hook in app.state.shutdown_hooks:
+                hook(app.state.platform)
+            if owns_platform:
+                app.state.platform.close()
+
+    app = FastAPI(
+        title="SSL-CLM",
+        version=__version__,
+        description="Certificate lifecycle management: inventory, discovery, policy, issuance and renewal.",
+        openapi_url=f"{API_PREFIX}/openapi.json",
+        docs_url=f"{API_PREFIX}/docs",
+        redoc_url=f"{API_PREFIX}/redoc",
+        lifespan=lifespan,
+    )
+    app.state.platform = platform
+    app.state.settings = settings
+    app.state.token_cache = TokenCache()
+    app.state.startup_hooks = []
+    app.state.shutdown_hooks = []
+
+    @app.middleware("http")
+    async def request_id(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        incoming = request.headers.get("x-request-id", "")
+        request.state.request_id = incoming[:64] if incoming.isprintable() and incoming else uuid.uuid4().hex
+        response = await call_next(request)
+        response.headers["X-Request-ID"] = request.state.request_id
+        response.headers.setdefault("X-Content-Type-Options", "nosniff")
+        return response
+
+    install_error_handlers(app)
+    for router in ROUTERS:
+        app.include_router(router, prefix=API_PREFIX)
+    _mount_web(app)
+    return app
+
+
+def _mount_web(app: FastAPI) -> None:
+    # The web UI lives in its own package; it is optional for API-only tests that build a bare app.
+    from sslclm.web import install_web
+
+    install_web(app)

@@ -1,0 +1,10 @@
+"""Imports every model module so the metadata is complete (for Alembic and tests)."""
+
+from __future__ import annotations
+
+from sslclm.audit import models as audit_models
+from sslclm.auth import models as auth_models
+from sslclm.core.db import Base
+from sslclm.inventory import models as inventory_models
+
+__all__ = ["Base", "audit_models", "auth_models", "inventory_models"]
