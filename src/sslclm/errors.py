@@ -103,3 +103,47 @@ class IntegrityError(SslClmError):
 
     http_status = 500
     code = "integrity"
+
+
+class ConnectorError(SslClmError):
+    """The connector's remote system failed the request."""
+
+    http_status = 502
+    code = "connector"
+    # Whether trying the same call again later may succeed; a job retries only retryable errors.
+    retryable: bool = True
+
+    def __init__(
+        self,
+        message: str | None = None,
+        *,
+        retryable: bool | None = None,
+        field: str | None = None,
+        **data: Any,
+    ) -> None:
+        super().__init__(message, field=field, **data)
+        if retryable is not None:
+            self.retryable = retryable
+
+
+class CARejectedError(ConnectorError):
+    """The certificate authority rejected the request."""
+
+    http_status = 422
+    code = "ca-rejected"
+    retryable = False
+
+
+class CAUnavailableError(ConnectorError):
+    """The certificate authority cannot be reached or is not answering."""
+
+    http_status = 503
+    code = "ca-unavailable"
+    retryable = True
+
+
+class ConnectorLoadError(SslClmError):
+    """A connector could not be loaded."""
+
+    http_status = 500
+    code = "connector-load"

@@ -6,5 +6,6 @@ from sslclm.audit import models as audit_models
 from sslclm.auth import models as auth_models
 from sslclm.core.db import Base
 from sslclm.inventory import models as inventory_models
+from sslclm.jobs import models as jobs_models
 
-__all__ = ["Base", "audit_models", "auth_models", "inventory_models"]
+__all__ = ["Base", "audit_models", "auth_models", "inventory_models", "jobs_models"]

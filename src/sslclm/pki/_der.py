@@ -7,7 +7,7 @@ fall back to the slow, fully checked path.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 TAG_INTEGER = 0x02
 TAG_BIT_STRING = 0x03
@@ -120,9 +120,8 @@ def decode_oid(value: bytes) -> str:
     return ".".join(str(a) for a in head + arcs[1:])
 
 
-@dataclass(frozen=True, slots=True)
-class CertificateLayout:
-    """Byte offsets of the parts of a certificate the parser needs without building objects."""
+class CertificateLayout(NamedTuple):
+    """Byte offsets ``(start, end)`` of the parts of a certificate, found without building objects."""
 
     tbs: tuple[int, int]  # whole TBSCertificate TLV
     issuer: tuple[int, int]  # whole Name TLV
@@ -137,26 +136,32 @@ def certificate_layout(der: bytes) -> CertificateLayout:
     tag, cstart, cend = read_tlv(der, 0)
     if tag != TAG_SEQUENCE or cend != len(der):
         raise DerError("not a single DER SEQUENCE")
-    tag, tstart, tend = read_tlv(der, cstart, cend)
+    tag, pos, tend = read_tlv(der, cstart, cend)
     if tag != TAG_SEQUENCE:
         raise DerError("TBSCertificate is not a SEQUENCE")
-    fields = children(der, tstart, tend)
-    idx = 1 if fields and fields[0][0] == 0xA0 else 0
-    # serial, signature, issuer, validity, subject, subjectPublicKeyInfo
-    if len(fields) < idx + 6:
-        raise DerError("TBSCertificate has too few fields")
-    serial, _sig, issuer, _validity, subject, spki = fields[idx : idx + 6]
-    if serial[0] != TAG_INTEGER or spki[0] != TAG_SEQUENCE:
-        raise DerError("unexpected TBSCertificate field")
+    tag, _, end = read_tlv(der, pos, tend)
+    if tag == 0xA0:  # explicit version
+        pos = end
+        tag, _, end = read_tlv(der, pos, tend)
+    if tag != TAG_INTEGER:
+        raise DerError("serial number is not an INTEGER")
+    _, _, pos = read_tlv(der, end, tend)  # signature AlgorithmIdentifier
+    issuer_start = pos
+    _, _, pos = read_tlv(der, pos, tend)
+    issuer = (issuer_start, pos)
+    _, _, pos = read_tlv(der, pos, tend)  # validity
+    subject_start = pos
+    _, _, pos = read_tlv(der, pos, tend)
+    subject = (subject_start, pos)
+    spki_start = pos
+    tag, _, pos = read_tlv(der, pos, tend)
+    if tag != TAG_SEQUENCE:
+        raise DerError("subjectPublicKeyInfo is not a SEQUENCE")
+    spki = (spki_start, pos)
     extensions = None
-    for field in fields[idx + 6 :]:
-        if field[0] == 0xA3:
-            extensions = (field[1], field[3])
-    return CertificateLayout(
-        tbs=(cstart, tend),
-        issuer=(issuer[1], issuer[3]),
-        subject=(subject[1], subject[3]),
-        spki=(spki[1], spki[3]),
-        extensions=extensions,
-        after_tbs=(tend, cend),
-    )
+    while pos < tend:
+        field_start = pos
+        tag, _, pos = read_tlv(der, pos, tend)
+        if tag == 0xA3:
+            extensions = (field_start, pos)
+    return CertificateLayout((cstart, tend), issuer, subject, spki, extensions, (tend, cend))

@@ -4,6 +4,16 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from sslclm.api.routes import health
+from sslclm.api.routes import audit, auth, certificates, health, jobs, sightings, system, tokens, users
 
-ROUTERS: list[APIRouter] = [health.router]
+ROUTERS: list[APIRouter] = [
+    health.router,
+    auth.router,
+    certificates.router,
+    sightings.router,
+    jobs.router,
+    users.router,
+    tokens.router,
+    audit.router,
+    system.router,
+]

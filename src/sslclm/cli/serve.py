@@ -1,0 +1,130 @@
+"""``sslclm serve``: the all-in-one front door (API, web UI, and later the embedded worker and scheduler)."""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Annotated, Any
+
+import typer
+import uvicorn
+from fastapi import FastAPI
+
+from sslclm import __version__
+from sslclm.api.app import create_app
+from sslclm.auth.bootstrap import AdminCredentials, ensure_first_admin
+from sslclm.cli.common import load_settings, opened_platform
+from sslclm.core.config import Settings
+from sslclm.core.tls import ServerTls, ensure_server_tls
+
+WILDCARD_HOSTS = frozenset({"0.0.0.0", "::", ""})
+LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
+
+
+def base_url(settings: Settings, host: str, port: int, *, https: bool) -> str:
+    """The URL to tell people: the configured public URL, else what the listener is reachable at."""
+    if settings.public_url:
+        return settings.public_url.rstrip("/")
+    shown = host
+    if host in WILDCARD_HOSTS:
+        # A wildcard address is not something to type into a browser; the certificate's first name is.
+        shown = settings.server_hostnames[0] if settings.server_hostnames else "localhost"
+    try:
+        if ipaddress.ip_address(shown).version == 6:
+            shown = f"[{shown}]"
+    except ValueError:
+        pass
+    scheme = "https" if https else "http"
+    default_port = 443 if https else 80
+    return f"{scheme}://{shown}" if port == default_port else f"{scheme}://{shown}:{port}"
+
+
+def admin_lines(settings: Settings, creds: AdminCredentials | None) -> list[str]:
+    if creds is None:
+        return ["Admin:       sign in with an existing account (users already exist; no admin was created)"]
+    if creds.created and creds.password is None:
+        return [f"Admin:       created user '{creds.username}' with the password from SSLCLM_ADMIN_PASSWORD"]
+    if creds.created:
+        return [
+            f"Admin:       created user '{creds.username}' with password: {creds.password}",
+            f"             (also kept in {creds.password_file} until that password is changed)",
+        ]
+    return [
+        f"Admin:       user '{creds.username}', initial password: {creds.password}",
+        f"             (from {creds.password_file}; change it to make this reminder go away)",
+    ]
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("serve")
+    def serve(
+        host: Annotated[str, typer.Option("--host", help="Address to listen on.")] = "127.0.0.1",
+        port: Annotated[int, typer.Option("--port", min=1, max=65535, help="Port to listen on.")] = 8443,
+        http: Annotated[
+            bool, typer.Option("--http", help="Serve plain HTTP (only behind a TLS-terminating proxy).")
+        ] = False,
+        no_worker: Annotated[
+            bool, typer.Option("--no-worker", help="Do not run a job worker in this process.")
+        ] = False,
+        no_scheduler: Annotated[
+            bool, typer.Option("--no-scheduler", help="Do not run the scheduler in this process.")
+        ] = False,
+        log_level: Annotated[
+            str, typer.Option("--log-level", help=f"Server log level: {', '.join(LOG_LEVELS)}.")
+        ] = "info",
+    ) -> None:
+        """Run the platform: API under /api/v1, web UI under /ui/, over HTTPS with the internal CA.
+
+        On first start it creates the database, the master key, the internal CA and the first admin.
+        """
+        if log_level.lower() not in LOG_LEVELS:
+            raise typer.BadParameter(f"choose one of {', '.join(LOG_LEVELS)}", param_hint="--log-level")
+        overrides: dict[str, Any] = {}
+        # Only an explicit flag overrides SSLCLM_EMBEDDED_*: the environment stays authoritative otherwise.
+        if no_worker:
+            overrides["embedded_worker"] = False
+        if no_scheduler:
+            overrides["embedded_scheduler"] = False
+        settings = load_settings(**overrides)
+        with opened_platform(settings) as platform:
+            creds = ensure_first_admin(platform)
+            tls: ServerTls | None = None if http else ensure_server_tls(platform, host)
+            url = base_url(settings, host, port, https=tls is not None)
+            lines = [
+                f"SSL-CLM {__version__} on {platform.engine.dialect.name}, data in {settings.home.resolve()}",
+                f"Web UI:      {url}/ui/",
+                f"API docs:    {url}/api/v1/docs",
+            ]
+            if tls is not None:
+                lines.append(f"CA cert:     {url}/api/v1/system/ca.pem (file: {tls.ca_file})")
+            lines.extend(admin_lines(settings, creds))
+            roles = [
+                name
+                for name, on in (
+                    ("worker", settings.embedded_worker),
+                    ("scheduler", settings.embedded_scheduler),
+                )
+                if on
+            ]
+            lines.append(f"Embedded:    {', '.join(roles) or 'none (stateless API node)'}")
+            typer.echo("\n".join(lines))
+            if tls is None:
+                typer.echo(
+                    "warning: serving plain HTTP: passwords, tokens and keys cross the network unencrypted; "
+                    "use --http only behind a TLS-terminating proxy",
+                    err=True,
+                )
+            _run_server(create_app(platform=platform), host, port, tls, log_level.lower())
+
+
+def _run_server(app: FastAPI, host: str, port: int, tls: ServerTls | None, log_level: str) -> None:
+    config = uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        log_level=log_level,
+        server_header=False,
+        ssl_certfile=str(tls.cert_file) if tls else None,
+        ssl_keyfile=str(tls.key_file) if tls else None,
+    )
+    # uvicorn logs and exits with status 1 itself when it cannot bind (port in use, no permission).
+    uvicorn.Server(config).run()

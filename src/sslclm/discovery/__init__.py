@@ -1,0 +1,1 @@
+"""Discovery: finding certificates where they are used (network endpoints, files, clouds)."""

@@ -1,0 +1,37 @@
+"""Network TLS scanning: target expansion, the handshake engine, STARTTLS and offline trust checks.
+
+Everything here is database-free: it turns target specs into endpoints and endpoints into
+:class:`ScanResult` values. The inventory and the job system decide what to keep.
+"""
+
+from __future__ import annotations
+
+from sslclm.discovery.tls.results import ErrorKind, Protocol, ScanResult, ScanTarget, TrustError
+from sslclm.discovery.tls.scanner import ScanOptions, TlsScanner, scan
+from sslclm.discovery.tls.targets import (
+    DEFAULT_MAX_TARGETS,
+    TargetSet,
+    TargetSpec,
+    parse_ports,
+    parse_targets,
+)
+from sslclm.discovery.tls.trust import TrustResult, TrustStore, TrustVerifier
+
+__all__ = [
+    "DEFAULT_MAX_TARGETS",
+    "ErrorKind",
+    "Protocol",
+    "ScanOptions",
+    "ScanResult",
+    "ScanTarget",
+    "TargetSet",
+    "TargetSpec",
+    "TlsScanner",
+    "TrustError",
+    "TrustResult",
+    "TrustStore",
+    "TrustVerifier",
+    "parse_ports",
+    "parse_targets",
+    "scan",
+]

@@ -1,0 +1,430 @@
+"""Searching, filtering, sorting and keyset pagination over the inventory.
+
+Pages are found by key (the last row's sort value and id), never by OFFSET, so a page deep in a
+million rows costs what the first one does. Listing selects only summary columns; DER and the
+search text stay on disk.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from enum import StrEnum
+from typing import Any
+
+import orjson
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from sqlalchemy import ColumnElement, Select, and_, exists, func, or_, select
+from sqlalchemy.orm import Session
+from sqlalchemy.sql.elements import KeyedColumnElement
+
+from sslclm.core.clock import as_utc
+from sslclm.errors import InvalidInputError
+from sslclm.inventory.models import Certificate, CertificateTag, Issuer, Sighting
+
+MAX_PAGE = 1000
+
+
+class Status(StrEnum):
+    VALID = "valid"
+    EXPIRING = "expiring"
+    EXPIRED = "expired"
+    NOT_YET_VALID = "not-yet-valid"
+    REVOKED = "revoked"
+    SUPERSEDED = "superseded"
+
+
+class CertificateFilter(BaseModel):
+    """The filters shared by the API, the CLI and exports."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    q: str | None = Field(
+        default=None, max_length=256, description="Text in CN, SANs, subject, issuer, serial, fingerprint."
+    )
+    status: list[Status] = Field(default_factory=list)
+    expires_after: datetime | None = None
+    expires_before: datetime | None = None
+    issuer: str | None = Field(default=None, max_length=512, description="Text in the issuer name.")
+    issuer_id: int | None = None
+    key_algorithm: str | None = Field(default=None, max_length=16)
+    key_size: int | None = Field(default=None, ge=1)
+    min_key_size: int | None = Field(default=None, ge=1)
+    max_key_size: int | None = Field(default=None, ge=1)
+    signature_algorithm: str | None = Field(default=None, max_length=64)
+    owner: str | None = Field(default=None, max_length=255)
+    team: str | None = Field(default=None, max_length=255)
+    environment: str | None = Field(default=None, max_length=64)
+    tag: str | None = Field(default=None, max_length=128)
+    source: str | None = Field(default=None, max_length=64)
+    include_archived: bool = False
+
+    @field_validator("expires_after", "expires_before")
+    @classmethod
+    def _aware(cls, value: datetime | None) -> datetime | None:
+        return None if value is None else as_utc(value)
+
+
+# Sort keys users may ask for, and the column each orders by.
+SORT_COLUMNS: dict[str, Any] = {
+    "not_after": Certificate.not_after,
+    "expiry": Certificate.not_after,
+    "not_before": Certificate.not_before,
+    "common_name": Certificate.common_name,
+    "issuer": Issuer.dn,
+    "serial": Certificate.serial,
+    "key_algorithm": Certificate.key_algorithm,
+    "key_size": Certificate.key_size,
+    "signature_algorithm": Certificate.signature_algorithm,
+    "owner": Certificate.owner,
+    "team": Certificate.team,
+    "environment": Certificate.environment,
+    "source": Certificate.source,
+    "created_at": Certificate.created_at,
+    "updated_at": Certificate.updated_at,
+    "id": Certificate.id,
+}
+DATETIME_SORTS = frozenset({"not_after", "expiry", "not_before", "created_at", "updated_at"})
+
+SUMMARY_COLUMNS = (
+    Certificate.id,
+    Certificate.fingerprint_sha256,
+    Certificate.common_name,
+    Certificate.subject,
+    Issuer.dn.label("issuer"),
+    Certificate.issuer_id,
+    Certificate.serial,
+    Certificate.not_before,
+    Certificate.not_after,
+    Certificate.key_algorithm,
+    Certificate.key_size,
+    Certificate.key_curve,
+    Certificate.signature_algorithm,
+    Certificate.sans,
+    Certificate.owner,
+    Certificate.team,
+    Certificate.environment,
+    Certificate.source,
+    Certificate.is_ca,
+    Certificate.self_signed,
+    Certificate.has_private_key,
+    Certificate.revoked_at,
+    Certificate.superseded_by_id,
+    Certificate.archived_at,
+    Certificate.created_at,
+    Certificate.updated_at,
+)
+
+
+def _live() -> ColumnElement[bool]:
+    return and_(Certificate.revoked_at.is_(None), Certificate.superseded_by_id.is_(None))
+
+
+def status_condition(status: Status, now: datetime, window: timedelta) -> ColumnElement[bool]:
+    """The SQL for one lifecycle status; the precedence matches ``status_of``."""
+    soon = now + window
+    if status is Status.REVOKED:
+        return Certificate.revoked_at.is_not(None)
+    if status is Status.SUPERSEDED:
+        return and_(Certificate.revoked_at.is_(None), Certificate.superseded_by_id.is_not(None))
+    if status is Status.EXPIRED:
+        return and_(_live(), Certificate.not_after < now)
+    if status is Status.NOT_YET_VALID:
+        return and_(_live(), Certificate.not_after >= now, Certificate.not_before > now)
+    if status is Status.EXPIRING:
+        return and_(
+            _live(), Certificate.not_after >= now, Certificate.not_after < soon, Certificate.not_before <= now
+        )
+    return and_(_live(), Certificate.not_after >= soon, Certificate.not_before <= now)
+
+
+def status_of(
+    *,
+    not_before: datetime,
+    not_after: datetime,
+    revoked_at: datetime | None,
+    superseded_by_id: int | None,
+    now: datetime,
+    window: timedelta,
+) -> Status:
+    if revoked_at is not None:
+        return Status.REVOKED
+    if superseded_by_id is not None:
+        return Status.SUPERSEDED
+    not_after = as_utc(not_after)
+    if not_after < now:
+        return Status.EXPIRED
+    if as_utc(not_before) > now:
+        return Status.NOT_YET_VALID
+    return Status.EXPIRING if not_after < now + window else Status.VALID
+
+
+def _like(text: str) -> str:
+    escaped = text.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return f"%{escaped}%"
+
+
+def filter_conditions(flt: CertificateFilter, now: datetime, window: timedelta) -> list[ColumnElement[bool]]:
+    conds: list[ColumnElement[bool]] = []
+    if not flt.include_archived:
+        conds.append(Certificate.archived_at.is_(None))
+    if flt.q:
+        conds.append(Certificate.search_text.like(_like(flt.q), escape="\\"))
+    if flt.status:
+        conds.append(or_(*(status_condition(s, now, window) for s in flt.status)))
+    if flt.expires_after is not None:
+        conds.append(Certificate.not_after >= flt.expires_after)
+    if flt.expires_before is not None:
+        conds.append(Certificate.not_after < flt.expires_before)
+    if flt.issuer_id is not None:
+        conds.append(Certificate.issuer_id == flt.issuer_id)
+    if flt.issuer:
+        matching = select(Issuer.id).where(func.lower(Issuer.dn).like(_like(flt.issuer), escape="\\"))
+        conds.append(Certificate.issuer_id.in_(matching.scalar_subquery()))
+    if flt.key_algorithm:
+        conds.append(func.upper(Certificate.key_algorithm) == flt.key_algorithm.upper())
+    if flt.key_size is not None:
+        conds.append(Certificate.key_size == flt.key_size)
+    if flt.min_key_size is not None:
+        conds.append(Certificate.key_size >= flt.min_key_size)
+    if flt.max_key_size is not None:
+        conds.append(Certificate.key_size <= flt.max_key_size)
+    if flt.signature_algorithm:
+        conds.append(Certificate.signature_algorithm == flt.signature_algorithm)
+    for column, value in (
+        (Certificate.owner, flt.owner),
+        (Certificate.team, flt.team),
+        (Certificate.environment, flt.environment),
+    ):
+        if value:
+            conds.append(column == value)
+    if flt.tag:
+        conds.append(
+            exists().where(CertificateTag.certificate_id == Certificate.id, CertificateTag.tag == flt.tag)
+        )
+    if flt.source:
+        seen_by = exists().where(Sighting.certificate_id == Certificate.id, Sighting.source == flt.source)
+        conds.append(or_(Certificate.source == flt.source, seen_by))
+    return conds
+
+
+@dataclass(frozen=True, slots=True)
+class Cursor:
+    sort: str
+    descending: bool
+    value: Any
+    last_id: int
+
+    def encode(self) -> str:
+        value = self.value.isoformat() if isinstance(self.value, datetime) else self.value
+        raw = orjson.dumps([self.sort, self.descending, value, self.last_id])
+        return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+    @classmethod
+    def decode(cls, text: str, sort: str, descending: bool) -> Cursor:
+        try:
+            raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+            cur_sort, cur_desc, value, last_id = orjson.loads(raw)
+            if not isinstance(last_id, int):
+                raise ValueError("id")
+            if sort in DATETIME_SORTS and value is not None:
+                value = as_utc(datetime.fromisoformat(value))
+        except (binascii.Error, ValueError, TypeError, orjson.JSONDecodeError):
+            raise InvalidInputError(
+                "cursor is malformed; pass next_cursor from the previous page", field="cursor"
+            ) from None
+        if cur_sort != sort or bool(cur_desc) != descending:
+            raise InvalidInputError("cursor belongs to another sort order", field="cursor")
+        return cls(sort, descending, value, last_id)
+
+
+def _after_cursor(column: Any, cursor: Cursor, nulls_smallest: bool) -> ColumnElement[bool]:
+    """Rows strictly after the cursor in (column, id) order, with the backend's native NULL order."""
+    value, last_id = cursor.value, cursor.last_id
+    id_after = Certificate.id < last_id if cursor.descending else Certificate.id > last_id
+    # Whether NULLs come after every value in this direction.
+    nulls_after = nulls_smallest == cursor.descending
+    if value is None:
+        if nulls_after:
+            return and_(column.is_(None), id_after)
+        return or_(column.is_not(None), and_(column.is_(None), id_after))
+    beyond = column < value if cursor.descending else column > value
+    cond = or_(beyond, and_(column == value, id_after))
+    return or_(cond, column.is_(None)) if nulls_after else cond
+
+
+def _sort_column(sort: str) -> KeyedColumnElement[Any]:
+    try:
+        column: KeyedColumnElement[Any] = SORT_COLUMNS[sort]
+    except KeyError:
+        allowed = ", ".join(sorted(SORT_COLUMNS))
+        raise InvalidInputError(f"cannot sort by '{sort}'; choose one of {allowed}", field="sort") from None
+    return column
+
+
+def build_select(
+    session: Session,
+    flt: CertificateFilter,
+    *,
+    sort: str,
+    descending: bool,
+    cursor: str | None,
+    now: datetime,
+    window: timedelta,
+    columns: Sequence[Any] = SUMMARY_COLUMNS,
+) -> Select[Any]:
+    column = _sort_column(sort)
+    stmt = select(*columns).join(Issuer, Issuer.id == Certificate.issuer_id)
+    conds = filter_conditions(flt, now, window)
+    if cursor:
+        nulls_smallest = session.get_bind().dialect.name != "postgresql"
+        conds.append(_after_cursor(column, Cursor.decode(cursor, sort, descending), nulls_smallest))
+    if conds:
+        stmt = stmt.where(*conds)
+    if sort == "id":
+        order = [Certificate.id.desc() if descending else Certificate.id.asc()]
+    else:
+        order = [column.desc(), Certificate.id.desc()] if descending else [column.asc(), Certificate.id.asc()]
+    return stmt.order_by(*order)
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    items: list[dict[str, Any]]
+    next_cursor: str | None
+
+
+def summarize(row: Any, now: datetime, window: timedelta, tags: Sequence[str] = ()) -> dict[str, Any]:
+    item = dict(row._mapping)
+    not_after = as_utc(item["not_after"])
+    item["status"] = status_of(
+        not_before=item["not_before"],
+        not_after=not_after,
+        revoked_at=item["revoked_at"],
+        superseded_by_id=item["superseded_by_id"],
+        now=now,
+        window=window,
+    ).value
+    item["days_left"] = (not_after - now).days
+    item["archived"] = item.pop("archived_at") is not None
+    item["tags"] = list(tags)
+    return item
+
+
+def tags_for(session: Session, ids: Sequence[int]) -> dict[int, list[str]]:
+    tags: dict[int, list[str]] = {}
+    if ids:
+        for cert_id, tag in session.execute(
+            select(CertificateTag.certificate_id, CertificateTag.tag)
+            .where(CertificateTag.certificate_id.in_(ids))
+            .order_by(CertificateTag.tag)
+        ):
+            tags.setdefault(cert_id, []).append(tag)
+    return tags
+
+
+def list_certificates(
+    session: Session,
+    flt: CertificateFilter,
+    *,
+    sort: str = "not_after",
+    descending: bool = False,
+    limit: int = 50,
+    cursor: str | None = None,
+    now: datetime,
+    expiring_days: int,
+) -> Page:
+    if not 1 <= limit <= MAX_PAGE:
+        raise InvalidInputError(f"limit must be between 1 and {MAX_PAGE}", field="limit")
+    window = timedelta(days=expiring_days)
+    stmt = build_select(session, flt, sort=sort, descending=descending, cursor=cursor, now=now, window=window)
+    rows = session.execute(stmt.limit(limit + 1)).all()
+    more = len(rows) > limit
+    rows = rows[:limit]
+    tags = tags_for(session, [row.id for row in rows])
+    items = [summarize(row, now, window, tags.get(row.id, ())) for row in rows]
+    next_cursor = None
+    if more and rows:
+        last = rows[-1]
+        value = getattr(last, SORT_COLUMNS[sort].key if sort != "issuer" else "issuer")
+        next_cursor = Cursor(sort, descending, value, last.id).encode()
+    return Page(items, next_cursor)
+
+
+def iter_certificates(
+    session: Session,
+    flt: CertificateFilter,
+    *,
+    sort: str = "not_after",
+    descending: bool = False,
+    now: datetime,
+    expiring_days: int,
+    batch: int = 1000,
+) -> Iterator[dict[str, Any]]:
+    """Every matching certificate, page by page: memory stays at one page whatever the count."""
+    cursor: str | None = None
+    while True:
+        page = list_certificates(
+            session,
+            flt,
+            sort=sort,
+            descending=descending,
+            limit=batch,
+            cursor=cursor,
+            now=now,
+            expiring_days=expiring_days,
+        )
+        yield from page.items
+        if page.next_cursor is None:
+            return
+        cursor = page.next_cursor
+        session.expunge_all()
+
+
+GROUPABLE: dict[str, Any] = {
+    "issuer": Certificate.issuer_id,
+    "key_algorithm": Certificate.key_algorithm,
+    "key_size": Certificate.key_size,
+    "signature_algorithm": Certificate.signature_algorithm,
+    "owner": Certificate.owner,
+    "team": Certificate.team,
+    "environment": Certificate.environment,
+    "source": Certificate.source,
+}
+
+
+def count_by(
+    session: Session, field: str, flt: CertificateFilter, *, now: datetime, expiring_days: int
+) -> list[dict[str, Any]]:
+    """Counts of matching certificates grouped by ``field`` (or by status), largest first."""
+    window = timedelta(days=expiring_days)
+    conds = filter_conditions(flt, now, window)
+    if field == "status":
+        counts = []
+        for status in Status:
+            status_stmt = (
+                select(func.count())
+                .select_from(Certificate)
+                .where(*conds, status_condition(status, now, window))
+            )
+            counts.append({"key": status.value, "count": session.execute(status_stmt).scalar_one()})
+        return [c for c in counts if c["count"]]
+    try:
+        column = GROUPABLE[field]
+    except KeyError:
+        allowed = ", ".join(sorted([*GROUPABLE, "status"]))
+        raise InvalidInputError(f"cannot group by '{field}'; choose one of {allowed}", field="by") from None
+    grouped = (
+        select(column.label("key"), func.count().label("count")).where(*conds).group_by(column).subquery()
+    )
+    if field == "issuer":
+        named = select(grouped.c.key, Issuer.dn, grouped.c.count).join(Issuer, Issuer.id == grouped.c.key)
+        return [
+            {"key": dn, "issuer_id": key, "count": count}
+            for key, dn, count in session.execute(named.order_by(grouped.c.count.desc()))
+        ]
+    plain = select(grouped.c.key, grouped.c.count).order_by(grouped.c.count.desc())
+    return [{"key": key, "count": count} for key, count in session.execute(plain)]
