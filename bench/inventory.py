@@ -174,6 +174,9 @@ def bench_backend(backend: str, corpus_dir: Path, args: argparse.Namespace) -> d
             result["import"] = run_import(home, url, corpus_dir, env)
             imp = result["import"]
             imp["certs_per_s"] = round(imp["imported"] / imp["seconds"], 1)
+            imp["certs_per_cpu_second"] = round(
+                imp["imported"] / (imp["cpu_seconds_self"] + imp["cpu_seconds_children"]), 1
+            )
             log(
                 f"{backend}: imported {imp['imported']} in {imp['seconds']:.1f} s "
                 f"({imp['certs_per_s']:,.0f}/s), peak RSS sum {imp['memory']['peak_rss_sum_mb']} MB"
@@ -187,7 +190,9 @@ def bench_backend(backend: str, corpus_dir: Path, args: argparse.Namespace) -> d
                 return result
             token = create_bench_token(home, url, master_key)
             result["load_before_latency"] = load_average()
-            result["latency"] = measure_latency(env, token, home, requests=args.requests)
+            result["latency"] = measure_latency(
+                env, token, home, requests=args.requests, deep_pages=args.deep_pages
+            )
             log(f"{backend}: latency {json.dumps(result['latency'])}")
             result["load_before_throughput"] = load_average()
             result["throughput"] = measure_throughput(
@@ -225,7 +230,12 @@ def summary_rows(results: dict[str, Any]) -> list[list[str]]:
             "",
         ],
         ["corpus generation", results["corpus"]["generation"], "", ""],
-        ["bare parse, 1 process", f"{fmt_int(bare1['certs_per_s'])} certs/s", "", ""],
+        [
+            "bare parse, 1 process",
+            f"{fmt_int(bare1['certs_per_s'])} certs/s ({fmt_int(bare1['certs_per_cpu_second'])} per CPU-s)",
+            "",
+            "",
+        ],
         [
             "bare parse, 2 processes",
             f"{fmt_int(bare2['certs_per_s'])} certs/s ({fmt_int(bare2['per_core'])}/core)",
@@ -249,6 +259,16 @@ def summary_rows(results: dict[str, Any]) -> list[list[str]]:
                 _verdict(ratio2 >= IMPORT_RATIO_BAR),
             ]
         )
+        cpu_ratio = imp["certs_per_cpu_second"] / bare1["certs_per_cpu_second"]
+        rows.append(
+            [
+                f"{backend}: import CPU cost",
+                f"{fmt_int(imp['certs_per_cpu_second'])} certs per CPU-second = {cpu_ratio:.0%} of bare "
+                f"({fmt_int(bare1['certs_per_cpu_second'])})",
+                "(info)",
+                "",
+            ]
+        )
         mem = imp["memory"]
         rows.append(
             [
@@ -261,12 +281,13 @@ def summary_rows(results: dict[str, Any]) -> list[list[str]]:
         )
         for key, label in (
             ("expiring_first_page", "expiring, first page"),
-            ("deep_page_20000", "page 20,000 rows deep"),
+            ("deep_page_20000", "page {rows_deep:,} rows deep"),
             ("stats_by_issuer", "count by issuer"),
         ):
             lat = res.get("latency", {}).get(key)
             if lat is None:
                 continue
+            label = label.format(**lat)
             rows.append(
                 [
                     f"{backend}: {label}",
@@ -299,6 +320,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--pg-admin-url", default=DEFAULT_PG_ADMIN_URL, help="Where to create the PG database."
     )
     parser.add_argument("--requests", type=int, default=200, help="Timed requests per latency query.")
+    parser.add_argument(
+        "--deep-pages",
+        type=int,
+        default=400,
+        help="Pages of 50 to walk for the deep page (400 = 20,000 rows).",
+    )
     parser.add_argument("--wrk-seconds", type=int, default=15, help="Length of each throughput run.")
     parser.add_argument("--wrk-connections", type=int, default=16, help="Concurrent connections of wrk.")
     parser.add_argument("--wrk-rounds", type=int, default=2, help="Alternating rounds of ours and bare.")
@@ -312,8 +339,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(
             f"--backends: unknown {', '.join(unknown) or 'empty list'}; use sqlite and/or postgresql"
         )
-    if args.count < 1 or args.requests < 1:
-        parser.error("--count and --requests must be positive")
+    if args.count < 1 or args.requests < 1 or args.deep_pages < 1:
+        parser.error("--count, --requests and --deep-pages must be positive")
+    if args.deep_pages * 50 >= args.count:
+        parser.error(f"--deep-pages {args.deep_pages} x 50 rows needs more than {args.count} certificates")
     if "postgresql" in backends and not args.skip_http and shutil.which("wrk") is None:
         log("note: wrk is not installed (apt-get install -y wrk); throughput is needed for the full run")
     WORK_DIR.mkdir(parents=True, exist_ok=True)
@@ -354,6 +383,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             "seconds": round(rate.seconds, 2),
             "certs_per_s": round(rate.rate, 1),
             "per_core": round(rate.per_core, 1),
+            "cpu_seconds": round(rate.cpu_seconds, 2),
+            "certs_per_cpu_second": round(rate.per_cpu_second, 1),
         }
         log(f"bare parse, {processes} process(es): {rate.rate:,.0f} certs/s")
     results["bare_parse"] = bare

@@ -40,7 +40,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from sslclm.discovery.tls import ScanOptions, TlsScanner, TrustStore, parse_targets
+from sslclm.connectors.tls_scan import ScanOptions, TlsScanner, TrustStore, parse_targets
 
 BASE_OCTETS = "127.0.1"
 

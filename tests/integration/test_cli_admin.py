@@ -87,7 +87,9 @@ def test_db_upgrade_and_current(cli: Cli) -> None:
 
 
 def test_user_lifecycle(cli: Cli) -> None:
-    created = cli.json("user", "create", "alice", "--role", "operator", "--password-stdin", input=PASSWORD + "\n")
+    created = cli.json(
+        "user", "create", "alice", "--role", "operator", "--password-stdin", input=PASSWORD + "\n"
+    )
     assert isinstance(created, dict) and created["role"] == "operator"
     # Interactive: the password is asked twice and never echoed.
     prompted = cli.ok("user", "create", "bob", "--role", "viewer", input=f"{PASSWORD}\n{PASSWORD}\n")
@@ -104,7 +106,9 @@ def test_user_lifecycle(cli: Cli) -> None:
     assert "alice" in table and "operator" in table
 
     new_password = "another long password"
-    assert "password changed" in cli.ok("user", "passwd", "alice", "--password-stdin", input=new_password).stdout
+    assert (
+        "password changed" in cli.ok("user", "passwd", "alice", "--password-stdin", input=new_password).stdout
+    )
     cli.ok("user", "disable", "bob")
     platform = cli.platform()
     try:
@@ -168,7 +172,10 @@ def test_audit_verify_intact_then_tampered(cli: Cli) -> None:
         platform.close()
     broken = cli("audit", "verify")
     assert broken.exit_code == 1
-    assert broken.stdout.strip() == f"audit log BROKEN at event #{first}: event content does not match its hash (row altered)"
+    assert (
+        broken.stdout.strip()
+        == f"audit log BROKEN at event #{first}: event content does not match its hash (row altered)"
+    )
     report = json.loads(cli("audit", "verify", "--output", "json").stdout)
     assert report["ok"] is False and report["broken_at_id"] == first
 
@@ -187,15 +194,23 @@ def test_bad_input_is_one_line_and_no_traceback(cli: Cli) -> None:
     )
     cli.ok("user", "create", "dave", "--role", "viewer", "--password-stdin", input=PASSWORD)
     assert_one_line_error(
-        cli("user", "create", "dave", "--role", "viewer", "--password-stdin", input=PASSWORD), 1, "already exists"
+        cli("user", "create", "dave", "--role", "viewer", "--password-stdin", input=PASSWORD),
+        1,
+        "already exists",
     )
-    assert_one_line_error(cli("user", "passwd", "nobody", "--password-stdin", input=PASSWORD), 1, "no user named")
     assert_one_line_error(
-        cli("token", "create", "--user", "dave", "--name", "x", "--role", "admin"), 1, "more rights than its user"
+        cli("user", "passwd", "nobody", "--password-stdin", input=PASSWORD), 1, "no user named"
+    )
+    assert_one_line_error(
+        cli("token", "create", "--user", "dave", "--name", "x", "--role", "admin"),
+        1,
+        "more rights than its user",
     )
     assert_one_line_error(cli("token", "revoke", "999"), 1, "no API token with id 999")
     assert_one_line_error(cli("token", "revoke", "abc"), 2, "valid integer")
-    assert_one_line_error(cli("user", "list", "--bogus"), 2, "No such option: --bogus", "sslclm user list --help")
+    assert_one_line_error(
+        cli("user", "list", "--bogus"), 2, "No such option: --bogus", "sslclm user list --help"
+    )
     assert_one_line_error(cli("user", "list", "--output", "yaml"), 2, "--output")
     assert_one_line_error(cli("frobnicate"), 2, "No such command")
     # Asking for help is not an error.

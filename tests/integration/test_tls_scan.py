@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives import hashes
 
-from sslclm.discovery.tls import (
+from sslclm.connectors.tls_scan import (
     ErrorKind,
     ScanOptions,
     ScanResult,

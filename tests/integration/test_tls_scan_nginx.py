@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from sslclm.discovery.tls import (
+from sslclm.connectors.tls_scan import (
     ErrorKind,
     Protocol,
     ScanOptions,

@@ -100,7 +100,7 @@ class RootGroup(TyperGroup):
 
 
 def build_app() -> typer.Typer:
-    from sslclm.cli import certs, db, jobs, serve, users
+    from sslclm.cli import certs, db, jobs, scan, serve, users
 
     app = typer.Typer(
         name="sslclm",
@@ -130,6 +130,7 @@ def build_app() -> typer.Typer:
     app.add_typer(users.audit_app, name="audit")
     certs.register(app)
     jobs.register(app)
+    scan.register(app)
     return app
 
 

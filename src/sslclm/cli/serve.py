@@ -6,14 +6,12 @@ import ipaddress
 from typing import Annotated, Any
 
 import typer
-import uvicorn
-from fastapi import FastAPI
 
 from sslclm import __version__
-from sslclm.api.app import create_app
 from sslclm.auth.bootstrap import AdminCredentials, ensure_first_admin
 from sslclm.cli.common import load_settings, opened_platform
 from sslclm.core.config import Settings
+from sslclm.core.platform import Platform
 from sslclm.core.tls import ServerTls, ensure_server_tls
 
 WILDCARD_HOSTS = frozenset({"0.0.0.0", "::", ""})
@@ -97,15 +95,6 @@ def register(app: typer.Typer) -> None:
             if tls is not None:
                 lines.append(f"CA cert:     {url}/api/v1/system/ca.pem (file: {tls.ca_file})")
             lines.extend(admin_lines(settings, creds))
-            roles = [
-                name
-                for name, on in (
-                    ("worker", settings.embedded_worker),
-                    ("scheduler", settings.embedded_scheduler),
-                )
-                if on
-            ]
-            lines.append(f"Embedded:    {', '.join(roles) or 'none (stateless API node)'}")
             typer.echo("\n".join(lines))
             if tls is None:
                 typer.echo(
@@ -113,10 +102,16 @@ def register(app: typer.Typer) -> None:
                     "use --http only behind a TLS-terminating proxy",
                     err=True,
                 )
-            _run_server(create_app(platform=platform), host, port, tls, log_level.lower())
+            _run_server(platform, host, port, tls, log_level.lower())
 
 
-def _run_server(app: FastAPI, host: str, port: int, tls: ServerTls | None, log_level: str) -> None:
+def _run_server(platform: Platform, host: str, port: int, tls: ServerTls | None, log_level: str) -> None:
+    # Imported here: every other command starts faster without the web stack loaded.
+    import uvicorn
+
+    from sslclm.api.app import create_app
+
+    app = create_app(platform=platform)
     config = uvicorn.Config(
         app,
         host=host,

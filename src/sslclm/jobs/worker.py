@@ -179,7 +179,7 @@ class Worker:
                     break
                 self._wake.clear()
                 claimed: list[queue.ClaimedJob] | None = None
-                reaped = 0
+                reaped = scheduled = 0
                 try:
                     now = time.monotonic()
                     self._heartbeat_if_due()
@@ -189,11 +189,12 @@ class Worker:
                         # Idle workers look for dead workers' jobs at every poll, busy ones less often.
                         next_reap = now + (self.poll_interval if claimed == [] else reap_every)
                     if self.scheduler is not None:
-                        self._bump("scheduled", len(self.scheduler.tick()))
+                        scheduled = len(self.scheduler.tick())
+                        self._bump("scheduled", scheduled)
                 except Exception as exc:
                     # The database may be restarting: keep going, the leases protect the jobs.
                     log.error("worker %s: %s: %s", self.id, type(exc).__name__, exc)
-                if claimed or reaped:
+                if claimed or reaped or scheduled:
                     continue
                 with self._lock:
                     busy = bool(self._held)

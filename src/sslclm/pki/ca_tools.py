@@ -158,6 +158,20 @@ def create_root_ca(
     return key, cert
 
 
+def subject_name(common_name: str | None) -> x509.Name:
+    """A subject of just the common name (empty without one); ``InvalidInputError`` if unusable."""
+    if common_name is None:
+        return x509.Name([])
+    if not 0 < len(common_name) <= _MAX_CN:
+        raise InvalidInputError("the common name must be 1 to 64 characters", field="common_name")
+    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+
+
+def random_serial() -> int:
+    """A positive random serial number of at most 159 bits (RFC 5280 4.1.2.2; CA/B BR 7.1)."""
+    return x509.random_serial_number()
+
+
 def csr_to_pem(csr: x509.CertificateSigningRequest) -> bytes:
     return csr.public_bytes(Encoding.PEM)
 

@@ -47,7 +47,7 @@ def _load(cert: CertificateLike) -> x509.Certificate:
         return cert
     try:
         return x509.load_der_x509_certificate(cert)
-    except ValueError:
+    except (ValueError, x509.InvalidVersion):
         raise InvalidInputError("not a DER certificate", field="certificate") from None
 
 

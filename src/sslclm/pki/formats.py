@@ -58,10 +58,10 @@ class LoadedBundle:
 
     def infos(self) -> list[CertificateInfo]:
         """:func:`~sslclm.pki.extract_info` of every certificate, without re-encoding their DER."""
-        from sslclm.pki.parse import extract_info, parse_certificate
+        from sslclm.pki.parse import extract_info
 
         if len(self.ders) == len(self.certificates):
-            return [parse_certificate(der) for der in self.ders]
+            return [extract_info(c, der=d) for c, d in zip(self.certificates, self.ders, strict=True)]
         return [extract_info(cert) for cert in self.certificates]
 
 
@@ -150,7 +150,11 @@ class _Reader:
             self.fail(f"file too large: {_size(len(data))} exceeds the {_size(max_size)} limit")
         if not data.strip():
             self.fail("empty file" if not data else "empty file (only whitespace)")
-        fmt = self._read_any(data, keys=keys, depth=0)
+        with warnings.catch_warnings():
+            # Old certificates with a negative or zero serial load with a deprecation warning each;
+            # they are still worth inventorying (once per file, this filter is cheap).
+            warnings.filterwarnings("ignore", message="Parsed a serial number which wasn't positive")
+            fmt = self._read_any(data, keys=keys, depth=0)
         return LoadedBundle(str(fmt), self.certificates, self.keys, self.ders)
 
     def _read_any(self, data: bytes, *, keys: bool, depth: int) -> BundleFormat:
@@ -192,7 +196,7 @@ class _Reader:
     def add_certificate(self, der: bytes, what: str) -> None:
         try:
             cert = x509.load_der_x509_certificate(der)
-        except ValueError as exc:
+        except (ValueError, x509.InvalidVersion) as exc:
             self.fail(f"{what} is not a valid certificate: {_detail(exc)}")
         self.add_loaded(cert, der)
 
@@ -301,7 +305,7 @@ class _Reader:
         if first_tag == _der.TAG_SEQUENCE:
             try:
                 cert = x509.load_der_x509_certificate(data)
-            except ValueError as exc:
+            except (ValueError, x509.InvalidVersion) as exc:
                 if keys and self._try_der_key(data):
                     return BundleFormat.DER
                 self.fail(f"DER data is not a valid certificate: {_detail(exc)}")
@@ -330,8 +334,11 @@ class _Reader:
 
     def _read_pkcs7(self, der: bytes, what: str) -> None:
         try:
-            certs = pkcs7.load_der_pkcs7_certificates(der)
-        except ValueError as exc:
+            with warnings.catch_warnings():
+                # BER-encoded bundles (some Windows exports) parse after a warning; accept them quietly.
+                warnings.filterwarnings("ignore", message="PKCS#7 certificates could not be parsed as DER")
+                certs = pkcs7.load_der_pkcs7_certificates(der)
+        except (ValueError, x509.InvalidVersion) as exc:
             self.fail(f"{what} is not a valid PKCS#7 certificate bundle: {_detail(exc)}")
         for cert in certs:
             self.add_loaded(cert)

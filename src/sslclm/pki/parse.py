@@ -89,7 +89,11 @@ def parse_certificate(der: bytes) -> CertificateInfo:
     Raises ``ValueError`` if cryptography cannot load the DER; callers that need a
     :class:`~sslclm.errors.CertificateFormatError` use :func:`sslclm.pki.load_certificate`.
     """
-    return _extract(x509.load_der_x509_certificate(der), der)
+    try:
+        cert = x509.load_der_x509_certificate(der)
+    except x509.InvalidVersion as exc:
+        raise ValueError(str(exc)) from exc
+    return _extract(cert, der)
 
 
 def extract_info(cert: x509.Certificate, *, der: bytes | None = None) -> CertificateInfo:
@@ -105,10 +109,13 @@ def extract_info(cert: x509.Certificate, *, der: bytes | None = None) -> Certifi
     """
     if der is None:
         der = cert.public_bytes(Encoding.DER)
-    try:
-        work = x509.load_der_x509_certificate(der)
-    except ValueError:  # cannot happen for DER that cryptography itself produced; be safe anyway
-        work = cert
+    work = cert
+    # A non-positive serial makes cryptography warn on every load: use the caller's object then.
+    if cert.serial_number > 0:
+        try:
+            work = x509.load_der_x509_certificate(der)
+        except (ValueError, x509.InvalidVersion):  # not for DER cryptography produced; be safe anyway
+            work = cert
     return _extract(work, der)
 
 
@@ -463,6 +470,6 @@ def _isolated_extension_values(der: bytes, layout: _der.CertificateLayout | None
         try:
             rebuilt = x509.load_der_x509_certificate(_der.encode_tlv(_der.TAG_SEQUENCE, tbs + after))
             values.extend(ext.value for ext in rebuilt.extensions)
-        except (ValueError, x509.DuplicateExtension, x509.UnsupportedGeneralNameType):
+        except (ValueError, x509.InvalidVersion, x509.DuplicateExtension, x509.UnsupportedGeneralNameType):
             continue
     return values

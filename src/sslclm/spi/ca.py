@@ -79,7 +79,7 @@ class CAGateway(Connector):
         raise self._unsupported(Capability.ARI)
 
     def list_issued(self, request: ListIssuedRequest) -> ListIssuedResult:
-        """One page of the certificates this CA issued, oldest first (capability ``LIST``).
+        """One page of the certificates this CA issued, in an order stable across pages (capability ``LIST``).
 
         A cursor that is not one this gateway handed out raises ``InvalidInputError``.
         """

@@ -6,9 +6,9 @@ import ssl
 
 import pytest
 
-from sslclm.discovery.tls import ErrorKind, ScanOptions, ScanTarget, TrustStore
-from sslclm.discovery.tls.scanner import _classify
-from sslclm.discovery.tls.starttls import StartTlsError
+from sslclm.connectors.tls_scan import ErrorKind, ScanOptions, ScanTarget, TrustStore
+from sslclm.connectors.tls_scan.scanner import _classify
+from sslclm.connectors.tls_scan.starttls import StartTlsError
 
 TARGET = ScanTarget("mail.example", 25, "mail.example")
 OPTIONS = ScanOptions(connect_timeout=2, handshake_timeout=3, trust_store=TrustStore([]))

@@ -5,7 +5,7 @@ import tracemalloc
 
 import pytest
 
-from sslclm.discovery.tls import Protocol, ScanTarget, TargetSpec, parse_ports, parse_targets
+from sslclm.connectors.tls_scan import Protocol, ScanTarget, TargetSpec, parse_ports, parse_targets
 from sslclm.errors import InvalidInputError
 
 T = Protocol.TLS

@@ -6,8 +6,8 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives import hashes
 
-from sslclm.discovery.tls import TrustError, TrustStore, TrustVerifier
-from sslclm.discovery.tls.trust import default_ca_bundle, match_hostname
+from sslclm.connectors.tls_scan import TrustError, TrustStore, TrustVerifier
+from sslclm.connectors.tls_scan.trust import default_ca_bundle, match_hostname
 from sslclm.errors import InvalidInputError
 from support.tls_zoo import DAY, NOW, Issued, Pki, issue, new_key
 

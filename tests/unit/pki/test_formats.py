@@ -381,3 +381,15 @@ def test_load_certificate_rejects_non_certificates(data: bytes) -> None:
 def test_load_certificate_rejects_a_key(leaf: Issued) -> None:
     with pytest.raises(CertificateFormatError):
         load_certificate(leaf.key_pem())
+
+
+def test_negative_serial_certificate_loads_without_warnings(write: Write) -> None:
+    issued = issue(cn("old.example"), serial=0x7F)
+    der = issued.der
+    header = b"\xa0\x03\x02\x01\x02\x02\x01\x7f"  # version v3, then serial 127
+    assert header in der
+    negative = der.replace(header, header[:-1] + b"\x80", 1)  # serial -128, as some old CAs issued
+    bundle = load_file(write("old.cer", negative))  # the suite runs with warnings as errors
+    infos = bundle.infos()
+    assert infos[0].serial == "-80"
+    assert infos[0].common_name == "old.example"

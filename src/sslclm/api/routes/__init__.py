@@ -4,7 +4,18 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from sslclm.api.routes import audit, auth, certificates, health, jobs, sightings, system, tokens, users
+from sslclm.api.routes import (
+    audit,
+    auth,
+    certificates,
+    discovery,
+    health,
+    jobs,
+    sightings,
+    system,
+    tokens,
+    users,
+)
 
 ROUTERS: list[APIRouter] = [
     health.router,
@@ -12,6 +23,7 @@ ROUTERS: list[APIRouter] = [
     certificates.router,
     sightings.router,
     jobs.router,
+    discovery.router,
     users.router,
     tokens.router,
     audit.router,

@@ -10,16 +10,14 @@ import base64
 import json
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
-
-from cryptography import x509
+from typing import TYPE_CHECKING, Any
 
 from sslclm.errors import ConnectorError, IntegrityError, InvalidInputError
 from sslclm.pki import (
     SigningKey,
     build_csr,
     certificate_to_pem,
-    compute_fingerprint,
+    extract_info,
     generate_private_key,
     load_certificate,
     private_key_to_pkcs8_der,
@@ -30,6 +28,9 @@ from sslclm.pki.ca_tools import create_root_ca, load_signing_key_der
 from sslclm.spi import ConnectorContext
 
 from .config import LocalCAConfig
+
+if TYPE_CHECKING:
+    from cryptography import x509
 
 STATE_KEY = "ca"
 _FORMAT = 1
@@ -53,16 +54,11 @@ class Authority:
             "key_type": self.key_type,
             "root_subject": self.root_certificate.subject.rfc4514_string(),
             "root_not_after": self.root_certificate.not_valid_after_utc.isoformat(),
-            "root_fingerprint_sha256": compute_fingerprint(_der(self.root_pem)),
+            "root_fingerprint_sha256": extract_info(self.root_certificate).fingerprint_sha256,
             "issuing_subject": self.issuing_certificate.subject.rfc4514_string(),
             "issuing_not_after": self.issuing_certificate.not_valid_after_utc.isoformat(),
-            "issuing_fingerprint_sha256": compute_fingerprint(_der(self.issuing_pem)),
+            "issuing_fingerprint_sha256": extract_info(self.issuing_certificate).fingerprint_sha256,
         }
-
-
-def _der(pem: bytes) -> bytes:
-    body = b"".join(line for line in pem.splitlines() if line and not line.startswith(b"-----"))
-    return base64.b64decode(body)
 
 
 def create_record(config: LocalCAConfig, context: ConnectorContext, now: datetime) -> bytes:

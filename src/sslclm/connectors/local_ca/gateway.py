@@ -20,8 +20,6 @@ import threading
 from datetime import datetime, timedelta
 from typing import Any, ClassVar, cast
 
-from cryptography import x509
-from cryptography.x509.oid import NameOID
 from pydantic import BaseModel
 
 from sslclm.errors import CARejectedError, ConnectorError, InvalidInputError
@@ -33,6 +31,8 @@ from sslclm.pki.ca_tools import (
     csr_names,
     load_csr,
     normalize_names,
+    random_serial,
+    subject_name,
 )
 from sslclm.spi import (
     CAGateway,
@@ -183,9 +183,9 @@ class LocalCAGateway(CAGateway):
         if common_name is None and request.names and len(request.names[0]) <= _MAX_CN:
             common_name = request.names[0]
         try:
-            subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)] if common_name else [])
-        except ValueError as exc:
-            raise CARejectedError(f"unusable common name: {exc}", field="common_name") from None
+            subject = subject_name(common_name)
+        except InvalidInputError as exc:
+            raise _rejected(exc, "common_name") from None
         now = self.context.now()
         try:
             certificate = sign_csr(
@@ -196,7 +196,7 @@ class LocalCAGateway(CAGateway):
                 extended_key_usage=tuple(_EKU[p] for p in request.purposes),
                 subject=subject,
                 crl_urls=(self.settings.crl_url,) if self.settings.crl_url else (),
-                serial_number=x509.random_serial_number(),
+                serial_number=random_serial(),
                 now=now,
             )
         except InvalidInputError as exc:

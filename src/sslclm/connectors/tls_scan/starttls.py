@@ -12,7 +12,7 @@ import asyncio
 import re
 from collections.abc import Awaitable, Callable
 
-from sslclm.discovery.tls.results import Protocol
+from sslclm.connectors.tls_scan.results import Protocol
 
 __all__ = ["STARTTLS_PROTOCOLS", "StartTlsError", "negotiate"]
 

@@ -24,7 +24,7 @@ import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
-from sslclm.discovery.tls.results import Protocol, ScanTarget, protocol_for_port
+from sslclm.connectors.tls_scan.results import Protocol, ScanTarget, protocol_for_port
 from sslclm.errors import InvalidInputError
 
 __all__ = ["DEFAULT_MAX_TARGETS", "DEFAULT_PORTS", "TargetSet", "TargetSpec", "parse_ports", "parse_targets"]

@@ -25,10 +25,10 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sslclm.core.clock import Clock, utcnow
-from sslclm.discovery.tls.results import ErrorKind, Protocol, ScanResult, ScanTarget
-from sslclm.discovery.tls.starttls import StartTlsError, negotiate
-from sslclm.discovery.tls.trust import TrustStore, TrustVerifier
+from sslclm.spi.context import Clock, utcnow
+from sslclm.connectors.tls_scan.results import ErrorKind, Protocol, ScanResult, ScanTarget
+from sslclm.connectors.tls_scan.starttls import StartTlsError, negotiate
+from sslclm.connectors.tls_scan.trust import TrustStore, TrustVerifier
 from sslclm.errors import InvalidInputError
 
 __all__ = ["ScanOptions", "TlsScanner", "scan"]

@@ -30,7 +30,7 @@ from cryptography.x509 import DNSName, IPAddress
 from cryptography.x509.oid import PublicKeyAlgorithmOID, SignatureAlgorithmOID
 from cryptography.x509.verification import PolicyBuilder, Store, VerificationError
 
-from sslclm.discovery.tls.results import TrustError
+from sslclm.connectors.tls_scan.results import TrustError
 from sslclm.errors import InvalidInputError
 
 __all__ = ["TrustResult", "TrustStore", "TrustVerifier", "default_ca_bundle", "match_hostname"]

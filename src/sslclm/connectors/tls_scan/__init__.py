@@ -6,16 +6,16 @@ Everything here is database-free: it turns target specs into endpoints and endpo
 
 from __future__ import annotations
 
-from sslclm.discovery.tls.results import ErrorKind, Protocol, ScanResult, ScanTarget, TrustError
-from sslclm.discovery.tls.scanner import ScanOptions, TlsScanner, scan
-from sslclm.discovery.tls.targets import (
+from sslclm.connectors.tls_scan.results import ErrorKind, Protocol, ScanResult, ScanTarget, TrustError
+from sslclm.connectors.tls_scan.scanner import ScanOptions, TlsScanner, scan
+from sslclm.connectors.tls_scan.targets import (
     DEFAULT_MAX_TARGETS,
     TargetSet,
     TargetSpec,
     parse_ports,
     parse_targets,
 )
-from sslclm.discovery.tls.trust import TrustResult, TrustStore, TrustVerifier
+from sslclm.connectors.tls_scan.trust import TrustResult, TrustStore, TrustVerifier
 
 __all__ = [
     "DEFAULT_MAX_TARGETS",
