@@ -129,7 +129,7 @@ def free_port() -> int:
         return port
 
 
-def wait_http(url: str, proc: subprocess.Popen[bytes], timeout: float = 60.0) -> None:
+def wait_http(url: str, proc: subprocess.Popen[bytes], timeout: float = 180.0) -> None:
     """Waits until ``url`` answers; fails early if the server process died."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

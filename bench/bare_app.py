@@ -15,7 +15,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
 import orjson
-from fastapi import Depends, FastAPI
+from fastapi import Depends, FastAPI, Request
 from sqlalchemy import JSON, Boolean, DateTime, Integer, String, bindparam, column, create_engine, text
 from sqlalchemy.engine import Connection, Engine
 from starlette.responses import Response
@@ -59,24 +59,24 @@ def list_statement() -> Any:
     )
 
 
+def connection(request: Request) -> Iterator[Connection]:
+    engine: Engine = request.app.state.engine
+    with engine.connect() as conn:
+        yield conn
+
+
 def create() -> FastAPI:
     url = os.environ["BENCH_DATABASE_URL"]
     kwargs: dict[str, Any] = {"pool_size": 10} if url.startswith("postgresql") else {}
-    engine: Engine = create_engine(url, **kwargs)
     statement = list_statement()
     app = FastAPI()
-
-    def connection() -> Iterator[Connection]:
-        with engine.connect() as conn:
-            yield conn
+    app.state.engine = create_engine(url, **kwargs)
 
     @app.get("/certificates")
     def certificates(conn: Annotated[Connection, Depends(connection)], limit: int = 50) -> Response:
         now = datetime.now(UTC).replace(tzinfo=None)  # stored as naive UTC
-        rows = conn.execute(
-            statement, {"now": now, "soon": now + timedelta(days=EXPIRING_DAYS), "limit": limit}
-        )
-        items = [dict(row._mapping) for row in rows]
+        params = {"now": now, "soon": now + timedelta(days=EXPIRING_DAYS), "limit": limit}
+        items = [dict(row._mapping) for row in conn.execute(statement, params)]
         return Response(orjson.dumps({"items": items}), media_type="application/json")
 
     return app

@@ -151,13 +151,15 @@ def create_bench_token(home: Path, url: str, master_key: str) -> str:
         platform.close()
 
 
-def bench_backend(backend: str, corpus_dir: Path, args: argparse.Namespace) -> dict[str, Any]:
+def bench_backend(backend: str, corpus_dir: Path, args: argparse.Namespace, result: dict[str, Any]) -> None:
+    """Fills ``result`` step by step, so a failing step keeps the figures of the steps before it."""
     home = WORK_DIR / f"inventory-{backend}"
-    if home.exists():
-        shutil.rmtree(home)
-    home.mkdir(parents=True, mode=0o700)
+    logs = WORK_DIR / f"logs-{backend}"
+    for directory in (home, logs):
+        if directory.exists():
+            shutil.rmtree(directory)
+        directory.mkdir(parents=True, mode=0o700)
     master_key = base64.b64encode(os.urandom(32)).decode()
-    result: dict[str, Any] = {"backend": backend}
     try:
         with database(backend, home, args.pg_admin_url) as url:
             env = pythonpath_env(dict(os.environ))
@@ -187,11 +189,11 @@ def bench_backend(backend: str, corpus_dir: Path, args: argparse.Namespace) -> d
             result["facts"] = inventory_facts(url)
             log(f"{backend}: {result['facts']}")
             if args.skip_http:
-                return result
+                return
             token = create_bench_token(home, url, master_key)
             result["load_before_latency"] = load_average()
             result["latency"] = measure_latency(
-                env, token, home, requests=args.requests, deep_pages=args.deep_pages
+                env, token, logs, requests=args.requests, deep_pages=args.deep_pages
             )
             log(f"{backend}: latency {json.dumps(result['latency'])}")
             result["load_before_throughput"] = load_average()
@@ -199,7 +201,7 @@ def bench_backend(backend: str, corpus_dir: Path, args: argparse.Namespace) -> d
                 env,
                 url,
                 token,
-                home,
+                logs,
                 seconds=args.wrk_seconds,
                 connections=args.wrk_connections,
                 rounds=args.wrk_rounds,
@@ -209,7 +211,6 @@ def bench_backend(backend: str, corpus_dir: Path, args: argparse.Namespace) -> d
                 f"{backend}: throughput ours {tp['ours_requests_per_s']}/s, "
                 f"bare {tp['bare_requests_per_s']}/s"
             )
-            return result
     finally:
         if not args.keep:
             shutil.rmtree(home, ignore_errors=True)
@@ -245,8 +246,9 @@ def summary_rows(results: dict[str, Any]) -> list[list[str]]:
     ]
     for backend, res in results["backends"].items():
         if "error" in res:
-            last_line = res["error"].strip().splitlines()[-1]
-            rows.append([f"{backend}", f"error: {last_line[:100]}", "", "FAIL"])
+            first_line = res["error"].strip().splitlines()[0]
+            rows.append([f"{backend}", f"error: {first_line[:100]}", "", "FAIL"])
+        if "import" not in res:
             continue
         imp = res["import"]
         rate = imp["certs_per_s"]
@@ -391,11 +393,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     results["backends"] = {}
     for backend in backends:
+        result: dict[str, Any] = {"backend": backend}
+        results["backends"][backend] = result
         try:
-            results["backends"][backend] = bench_backend(backend, corpus.directory, args)
+            bench_backend(backend, corpus.directory, args, result)
         except Exception as exc:  # one backend failing must not lose the other's figures
             log(f"{backend}: FAILED: {type(exc).__name__}: {exc}")
-            results["backends"][backend] = {"error": f"{type(exc).__name__}: {exc}"}
+            result["error"] = f"{type(exc).__name__}: {exc}"
     results["load_at_end"] = load_average()
     results["total_seconds"] = round(time.perf_counter() - started, 1)
 

@@ -9,7 +9,6 @@ import pytest
 from click.testing import Result
 from fastapi.testclient import TestClient
 from sqlalchemy import select
-from typer.main import get_command
 from typer.testing import CliRunner
 
 from conftest import ApiUser
@@ -157,11 +156,12 @@ def cli_env(platform: Platform, monkeypatch: pytest.MonkeyPatch) -> CliRunner:
     monkeypatch.setenv("SSLCLM_DATABASE_URL", settings.resolved_database_url)
     assert settings.master_key is not None
     monkeypatch.setenv("SSLCLM_MASTER_KEY", settings.master_key.get_secret_value())
+    monkeypatch.setenv("COLUMNS", "200")  # tables are not folded into narrow cells
     return CliRunner()
 
 
 def cli(runner: CliRunner, *args: str) -> Result:
-    return runner.invoke(get_command(build_app()), list(args), catch_exceptions=False)
+    return runner.invoke(build_app(), list(args), catch_exceptions=False)
 
 
 def test_cli_list_show_retry_cancel(cli_env: CliRunner, platform: Platform, registry: TaskRegistry) -> None:
@@ -202,7 +202,7 @@ def test_cli_list_show_retry_cancel(cli_env: CliRunner, platform: Platform, regi
     [
         (["jobs", "show", "404"], "error: no job 404"),
         (["jobs", "list", "--status", "done"], "error: unknown status 'done'; use one of queued, running"),
-        (["jobs", "cancel", "0"], "error: Invalid value for 'JOB_ID'"),
+        (["jobs", "cancel", "0"], "error: Invalid value for 'job_id'"),
         (["worker", "--import", "no.such.tasks"], "error: cannot import task module 'no.such.tasks'"),
     ],
 )

@@ -15,7 +15,15 @@ from typing import Any
 
 import pytest
 
-from sslclm.connectors.tls_scan import ErrorKind, ScanOptions, ScanResult, ScanTarget, TlsScanner, TrustStore, scan
+from sslclm.connectors.tls_scan import (
+    ErrorKind,
+    ScanOptions,
+    ScanResult,
+    ScanTarget,
+    TlsScanner,
+    TrustStore,
+    scan,
+)
 from sslclm.errors import InvalidInputError
 from support.tls_zoo import Pki, Server, free_port, server_context, write_identity
 

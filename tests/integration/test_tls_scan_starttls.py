@@ -12,7 +12,15 @@ import psycopg
 import pytest
 from sqlalchemy.engine import make_url
 
-from sslclm.connectors.tls_scan import ErrorKind, Protocol, ScanOptions, ScanResult, TrustStore, parse_targets, scan
+from sslclm.connectors.tls_scan import (
+    ErrorKind,
+    Protocol,
+    ScanOptions,
+    ScanResult,
+    TrustStore,
+    parse_targets,
+    scan,
+)
 from sslclm.connectors.tls_scan.starttls import ldap_starttls_request, parse_ldap_extended_response
 from support.tls_zoo import Issued, Pki, Server, server_context, write_identity
 

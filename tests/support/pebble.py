@@ -8,6 +8,7 @@ share the machine.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import re
@@ -28,6 +29,7 @@ import httpx
 import pytest
 
 from sslclm.pki import certificate_to_pem, create_ca, issue_server_certificate, private_key_to_pem
+from tests.support.dns_server import DnsServer
 
 PEBBLE = Path("/usr/bin/pebble")
 CHALLENGE_PATH = re.compile(r"^/\.well-known/acme-challenge/([A-Za-z0-9_-]+)$")
@@ -228,3 +230,68 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait(timeout=5)
+
+
+@dataclass
+class AcmeLab:
+    """Pebble with everything it validates against: the DNS server (zone ``acme.test``, which takes
+    RFC 2136 updates signed with ``tsig_name``/``tsig_secret``) and the http-01 challenge server.
+    """
+
+    pebble: Pebble
+    dns: DnsServer
+    challenges: ChallengeServer
+    zone: str
+    tsig_name: str
+    tsig_secret: str
+
+    def config(self, **overrides: Any) -> dict[str, Any]:
+        """An ``acme`` gateway config for this Pebble (http-01 through the responder by default)."""
+        config: dict[str, Any] = {
+            "directory_url": self.pebble.directory_url,
+            "ca_bundle": str(self.pebble.ca_bundle),
+            "terms_of_service_agreed": True,
+            "contact_emails": ["pki@example.com"],
+            "management_url": self.pebble.management_url,
+            "poll_interval_seconds": 0.2,
+            "order_timeout_seconds": 60,
+        }
+        config.update(overrides)
+        return config
+
+    def rfc2136(self, **overrides: Any) -> dict[str, Any]:
+        provider: dict[str, Any] = {
+            "kind": "rfc2136",
+            "server": "127.0.0.1",
+            "port": self.dns.port,
+            "zone": self.zone,
+            "tsig_key_name": self.tsig_name,
+            "tsig_secret": self.tsig_secret,
+        }
+        provider.update(overrides)
+        return provider
+
+
+@contextmanager
+def acme_lab(
+    directory: Path, *, eab_keys: Mapping[str, str] | None = None, blocklist: Sequence[str] = ()
+) -> Iterator[AcmeLab]:
+    require_pebble()
+    secret = base64.b64encode(os.urandom(32)).decode()
+    zone, tsig_name = "acme.test.", "sslclm-acme."
+    challenges = ChallengeServer()
+    try:
+        with (
+            DnsServer([zone, "sslclm.test."], tsig_keys={tsig_name: secret}) as dns_server,
+            run_pebble(
+                directory,
+                dns_port=dns_server.port,
+                http_port=challenges.port,
+                eab_keys=eab_keys,
+                blocklist=blocklist,
+                env={"PEBBLE_WFE_ORDERS_PER_PAGE": "100"},
+            ) as pebble,
+        ):
+            yield AcmeLab(pebble, dns_server, challenges, zone, tsig_name, secret)
+    finally:
+        challenges.close()

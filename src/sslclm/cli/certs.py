@@ -30,7 +30,7 @@ from sslclm.cli.common import (
 from sslclm.core.platform import Platform
 from sslclm.errors import InvalidInputError
 from sslclm.inventory.export import stream_csv, stream_json
-from sslclm.inventory.importer import ImportSummary, import_paths
+from sslclm.inventory.importer import ImportSummary, Rejection, import_paths
 from sslclm.inventory.query import MAX_PAGE, CertificateFilter, Status, iter_certificates, list_certificates
 from sslclm.inventory.service import certificate_detail, get_certificate
 
@@ -171,6 +171,11 @@ def _check_source(source: str) -> str:
     return source
 
 
+def _reason(rejection: Rejection) -> str:
+    # Parse errors may already start with the file name; the path is printed once, in front.
+    return rejection.reason.removeprefix(f"{rejection.path}: ")
+
+
 def _count_files(paths: list[Path]) -> int:
     total = 0
     for path in paths:
@@ -231,15 +236,16 @@ def register(app: typer.Typer) -> None:
         show_progress = output is OutputFormat.TABLE and stderr_console().is_terminal
         with opened_platform() as platform:
             summary = _run_import(platform, paths, password, source, show_progress)
+        rejected = [{"path": r.path, "reason": _reason(r)} for r in summary.rejected]
         if output is OutputFormat.JSON:
-            emit_json(summary.as_dict())
+            emit_json({**summary.as_dict(), "rejected": rejected})
         else:
             typer.echo(
                 f"files: {summary.files}  imported: {summary.imported}  updated: {summary.updated}  "
                 f"keys stored: {summary.keys_stored}  rejected: {len(summary.rejected)}"
             )
-            for rejection in summary.rejected:
-                typer.echo(f"rejected {rejection.path}: {rejection.reason}")
+            for rejection in rejected:
+                typer.echo(f"rejected {rejection['path']}: {rejection['reason']}")
         if summary.rejected:
             raise typer.Exit(1)
 

@@ -84,9 +84,17 @@ def read_password(from_stdin: bool, *, prompt: str = "Password") -> str:
     return value
 
 
+# Width for tables written to a pipe or file, where no terminal says how wide to be: wide enough that
+# names and dates stay on one line for grep and less.
+PIPE_WIDTH = 200
+
+
 def stdout_console() -> Console:
     # Built per call: the test runner swaps sys.stdout, and nothing may be created at import time.
-    return Console(file=sys.stdout, soft_wrap=False, highlight=False)
+    console = Console(file=sys.stdout, soft_wrap=False, highlight=False)
+    if not console.is_terminal and "COLUMNS" not in os.environ:
+        console.width = PIPE_WIDTH
+    return console
 
 
 def stderr_console() -> Console:

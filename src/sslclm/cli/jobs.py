@@ -159,6 +159,7 @@ def worker(
         level=settings.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    logging.getLogger("alembic").setLevel(logging.WARNING)
     load_task_modules(imports or ())
     with opened_platform(settings) as platform:
         scheduler = None if no_scheduler else Scheduler(platform, default_registry.schedules())

@@ -69,7 +69,7 @@ def _label(item: dict[str, Any]) -> str:
 
 def _problem(item: dict[str, Any]) -> str | None:
     if item["last_status"] != "ok":
-        return item["last_error"]
+        return str(item["last_error"] or item["last_error_kind"] or "error")
     problems = []
     if item["trust_error"]:
         problems.append(item["trust_error"])

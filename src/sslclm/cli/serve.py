@@ -36,7 +36,7 @@ def base_url(settings: Settings, host: str, port: int, *, https: bool) -> str:
     return f"{scheme}://{shown}" if port == default_port else f"{scheme}://{shown}:{port}"
 
 
-def admin_lines(settings: Settings, creds: AdminCredentials | None) -> list[str]:
+def admin_lines(creds: AdminCredentials | None) -> list[str]:
     if creds is None:
         return ["Admin:       sign in with an existing account (users already exist; no admin was created)"]
     if creds.created and creds.password is None:
@@ -94,7 +94,7 @@ def register(app: typer.Typer) -> None:
             ]
             if tls is not None:
                 lines.append(f"CA cert:     {url}/api/v1/system/ca.pem (file: {tls.ca_file})")
-            lines.extend(admin_lines(settings, creds))
+            lines.extend(admin_lines(creds))
             typer.echo("\n".join(lines))
             if tls is None:
                 typer.echo(

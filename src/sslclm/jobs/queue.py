@@ -13,6 +13,9 @@ Exactly-once rests on two rules:
   :token AND status = 'running'``. Each claim batch has its own token, so a worker that stalled
   past its lease (and whose job another worker took over) cannot write any more: its step's
   transaction is refused and rolled back.
+
+Times (``run_after``, lease expiry) come from the workers' clocks, so hosts running workers keep
+their clocks in sync (NTP); a skew shortens or lengthens leases by that much.
 """
 
 from __future__ import annotations
@@ -88,6 +91,7 @@ _CLAIM_COLUMNS = (
     Job.max_attempts,
     Job.target,
     Job.cancel_requested,
+    Job.priority,
 )
 
 
@@ -270,6 +274,8 @@ def claim(
         .returning(*_CLAIM_COLUMNS)
         .execution_options(synchronize_session=False)
     )
+    # RETURNING comes in no particular order: hand the batch out highest priority, oldest first.
+    rows = sorted(session.execute(statement), key=lambda row: (-row.priority, row.id))
     return [
         ClaimedJob(
             id=row.id,
@@ -283,7 +289,7 @@ def claim(
             cancel_requested=row.cancel_requested,
             lease_owner=owner,
         )
-        for row in session.execute(statement)
+        for row in rows
     ]
 
 

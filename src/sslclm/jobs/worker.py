@@ -233,10 +233,11 @@ class Worker:
 
     def _claim(self, kinds: list[str]) -> list[queue.ClaimedJob] | None:
         """Claims what fits; None when there was no room to try."""
+        capacity = self.concurrency + self.prefetch
         with self._lock:
-            room = self.concurrency + self.prefetch - len(self._held)
-        # Small top-ups cost a round trip each; wait for a worthwhile batch unless executors idle.
-        if room <= 0 or (room < self.concurrency and not self._buffer.empty()):
+            room = capacity - len(self._held)
+        # Small top-ups cost a round trip each: wait for a worthwhile batch unless executors idle.
+        if room <= 0 or (room * 2 < capacity and not self._buffer.empty()):
             return None
         if not kinds:
             return []
@@ -304,7 +305,10 @@ class Worker:
     def _connection(self) -> Connection:
         """This executor's own connection: no pool checkout, ping or reset per step."""
         connection: Connection | None = getattr(self._local, "connection", None)
-        if connection is None or connection.closed or connection.invalidated:
+        if connection is not None and connection.invalidated:
+            # The database went away under it (a restart, a failover): start afresh.
+            connection.close()
+        if connection is None or connection.closed:
             connection = self.platform.engine.connect()
             self._local.connection = connection
         return connection

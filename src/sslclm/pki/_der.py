@@ -124,6 +124,7 @@ class CertificateLayout(NamedTuple):
     """Byte offsets ``(start, end)`` of the parts of a certificate, found without building objects."""
 
     tbs: tuple[int, int]  # whole TBSCertificate TLV
+    serial: tuple[int, int]  # the INTEGER's value bytes
     issuer: tuple[int, int]  # whole Name TLV
     subject: tuple[int, int]
     spki: tuple[int, int]  # whole SubjectPublicKeyInfo TLV
@@ -139,11 +140,12 @@ def certificate_layout(der: bytes) -> CertificateLayout:
     tag, pos, tend = read_tlv(der, cstart, cend)
     if tag != TAG_SEQUENCE:
         raise DerError("TBSCertificate is not a SEQUENCE")
-    tag, _, end = read_tlv(der, pos, tend)
+    tag, start, end = read_tlv(der, pos, tend)
     if tag == 0xA0:  # explicit version
         pos = end
-        tag, _, end = read_tlv(der, pos, tend)
-    if tag != TAG_INTEGER:
+        tag, start, end = read_tlv(der, pos, tend)
+    serial = (start, end)
+    if tag != TAG_INTEGER or start == end:
         raise DerError("serial number is not an INTEGER")
     _, _, pos = read_tlv(der, end, tend)  # signature AlgorithmIdentifier
     issuer_start = pos
@@ -164,4 +166,4 @@ def certificate_layout(der: bytes) -> CertificateLayout:
         tag, _, pos = read_tlv(der, pos, tend)
         if tag == 0xA3:
             extensions = (field_start, pos)
-    return CertificateLayout((cstart, tend), issuer, subject, spki, extensions, (tend, cend))
+    return CertificateLayout((cstart, tend), serial, issuer, subject, spki, extensions, (tend, cend))

@@ -22,6 +22,7 @@ from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.serialization import pkcs7, pkcs12
+from cryptography.utils import CryptographyDeprecationWarning
 
 from sslclm.errors import CertificateFormatError, InvalidInputError, WrongPasswordError
 from sslclm.pki import _der
@@ -151,9 +152,9 @@ class _Reader:
         if not data.strip():
             self.fail("empty file" if not data else "empty file (only whitespace)")
         with warnings.catch_warnings():
-            # Old certificates with a negative or zero serial load with a deprecation warning each;
-            # they are still worth inventorying (once per file, this filter is cheap).
-            warnings.filterwarnings("ignore", message="Parsed a serial number which wasn't positive")
+            # cryptography warns about things real certificates do (e.g. a non-positive serial);
+            # they are still worth inventorying. Once per file, this filter is cheap.
+            warnings.simplefilter("ignore", CryptographyDeprecationWarning)
             fmt = self._read_any(data, keys=keys, depth=0)
         return LoadedBundle(str(fmt), self.certificates, self.keys, self.ders)
 

@@ -10,13 +10,15 @@ the whole certificate: that extension's fields are left empty.
 from __future__ import annotations
 
 import hashlib
+import warnings
 from collections.abc import Callable, Iterable
 from typing import Any
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
-from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, rsa, x448, x25519
+from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, padding, rsa, x448, x25519
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from cryptography.utils import CryptographyDeprecationWarning
 from cryptography.x509.oid import AuthorityInformationAccessOID, ExtendedKeyUsageOID, NameOID
 
 from sslclm.pki import _der
@@ -89,11 +91,17 @@ def parse_certificate(der: bytes) -> CertificateInfo:
     Raises ``ValueError`` if cryptography cannot load the DER; callers that need a
     :class:`~sslclm.errors.CertificateFormatError` use :func:`sslclm.pki.load_certificate`.
     """
+    layout = _layout(der)
     try:
-        cert = x509.load_der_x509_certificate(der)
+        if layout is not None and _positive_serial(der, layout):
+            cert = x509.load_der_x509_certificate(der)
+        else:
+            with warnings.catch_warnings():  # cryptography warns about non-positive serials
+                warnings.simplefilter("ignore", CryptographyDeprecationWarning)
+                cert = x509.load_der_x509_certificate(der)
     except x509.InvalidVersion as exc:
         raise ValueError(str(exc)) from exc
-    return _extract(cert, der)
+    return _extract(cert, der, layout)
 
 
 def extract_info(cert: x509.Certificate, *, der: bytes | None = None) -> CertificateInfo:
@@ -109,22 +117,43 @@ def extract_info(cert: x509.Certificate, *, der: bytes | None = None) -> Certifi
     """
     if der is None:
         der = cert.public_bytes(Encoding.DER)
+    layout = _layout(der)
     work = cert
-    # A non-positive serial makes cryptography warn on every load: use the caller's object then.
-    if cert.serial_number > 0:
+    if layout is not None and _positive_serial(der, layout):  # else a copy would warn again on load
         try:
             work = x509.load_der_x509_certificate(der)
         except (ValueError, x509.InvalidVersion):  # not for DER cryptography produced; be safe anyway
             work = cert
-    return _extract(work, der)
+    return _extract(work, der, layout)
 
 
-def _extract(cert: x509.Certificate, der: bytes) -> CertificateInfo:
+def _layout(der: bytes) -> _der.CertificateLayout | None:
     try:
-        layout: _der.CertificateLayout | None = _der.certificate_layout(der)
+        return _der.certificate_layout(der)
     except _der.DerError:
-        layout = None
+        return None
 
+
+def _positive_serial(der: bytes, layout: _der.CertificateLayout) -> bool:
+    start, end = layout.serial
+    return not der[start] & 0x80 and (end - start > 1 or der[start] != 0)
+
+
+def _extract(cert: x509.Certificate, der: bytes, layout: _der.CertificateLayout | None) -> CertificateInfo:
+    try:
+        return _extract_once(cert, der, layout)
+    except Warning:
+        # Only reached when warnings are errors (as in the test suite). cryptography warns about
+        # things real certificates do (non-positive serials, over-long country names); they are
+        # still worth inventorying, so do it again with its warnings silenced. Free otherwise.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return _extract_once(cert, der, layout)
+
+
+def _extract_once(
+    cert: x509.Certificate, der: bytes, layout: _der.CertificateLayout | None
+) -> CertificateInfo:
     if layout is not None:
         spki = der[layout.spki[0] : layout.spki[1]]
         subject_der = der[layout.subject[0] : layout.subject[1]]
@@ -149,21 +178,19 @@ def _extract(cert: x509.Certificate, der: bytes) -> CertificateInfo:
     sig_name = sig_oid._name
     if sig_name == "Unknown OID":
         sig_name = sig_oid.dotted_string
-    serial = cert.serial_number
+    if layout is not None:
+        serial = int.from_bytes(der[layout.serial[0] : layout.serial[1]], "big", signed=True)
+    else:
+        serial = cert.serial_number
 
     ext = _Extensions()
     ext.collect(cert, der, layout)
 
-    self_signed = False
-    if same_names:
-        try:
-            cert.verify_directly_issued_by(cert)
-            self_signed = True
-        except (ValueError, TypeError, InvalidSignature, UnsupportedAlgorithm):
-            self_signed = False
+    fingerprint = hashlib.sha256(der).hexdigest()
+    self_signed = same_names and _is_self_signed(cert, fingerprint)
 
     return CertificateInfo(
-        fingerprint_sha256=hashlib.sha256(der).hexdigest(),
+        fingerprint_sha256=fingerprint,
         fingerprint_sha1=hashlib.sha1(der, usedforsecurity=False).hexdigest(),
         serial=format(serial, "x") if serial >= 0 else "-" + format(-serial, "x"),
         subject=subject_dn,
@@ -231,6 +258,52 @@ def _safe_name_eq(cert: x509.Certificate) -> bool:
         return cert.subject == cert.issuer
     except ValueError:
         return False
+
+
+# --- self-signature --------------------------------------------------------------------------------
+
+_SELF_SIGNED_CACHE_SIZE = 4096
+# Fingerprint -> verdict. The same roots turn up in every chain file, and verifying an RSA-4096
+# signature costs more than parsing the rest of the certificate.
+_self_signed_cache: dict[str, bool] = {}
+
+
+def _is_self_signed(cert: x509.Certificate, fingerprint: str) -> bool:
+    verdict = _self_signed_cache.get(fingerprint)
+    if verdict is None:
+        verdict = _verify_own_signature(cert)
+        if len(_self_signed_cache) >= _SELF_SIGNED_CACHE_SIZE:
+            _self_signed_cache.clear()
+        _self_signed_cache[fingerprint] = verdict
+    return verdict
+
+
+def _verify_own_signature(cert: x509.Certificate) -> bool:
+    try:
+        cert.verify_directly_issued_by(cert)
+        return True
+    except (InvalidSignature, TypeError, UnsupportedAlgorithm):
+        return False
+    except ValueError:
+        pass  # e.g. "Unsupported signature algorithm" for the SHA-1 roots still found everywhere
+    # Verify by hand with whatever hash and padding the certificate names.
+    try:
+        key = cert.public_key()
+        signature, tbs = cert.signature, cert.tbs_certificate_bytes
+        params = cert.signature_algorithm_parameters
+        if isinstance(key, rsa.RSAPublicKey) and isinstance(params, padding.PKCS1v15 | padding.PSS):
+            key.verify(signature, tbs, params, cert.signature_hash_algorithm)  # type: ignore[arg-type]
+        elif isinstance(key, ec.EllipticCurvePublicKey) and isinstance(params, ec.ECDSA):
+            key.verify(signature, tbs, params)
+        elif isinstance(key, dsa.DSAPublicKey) and cert.signature_hash_algorithm is not None:
+            key.verify(signature, tbs, cert.signature_hash_algorithm)
+        elif isinstance(key, ed25519.Ed25519PublicKey | ed448.Ed448PublicKey):
+            key.verify(signature, tbs)
+        else:
+            return False
+    except (InvalidSignature, ValueError, TypeError, UnsupportedAlgorithm):
+        return False
+    return True
 
 
 # --- public key ------------------------------------------------------------------------------------

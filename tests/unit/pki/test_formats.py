@@ -14,7 +14,15 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import pkcs7, pkcs12
 
 from sslclm.errors import CertificateFormatError, InvalidInputError, WrongPasswordError
-from sslclm.pki import LoadedBundle, load_bundle, load_certificate, match_private_keys, public_key_sha256
+from sslclm.pki import (
+    LoadedBundle,
+    extract_info,
+    load_bundle,
+    load_certificate,
+    match_private_keys,
+    parse_certificate,
+    public_key_sha256,
+)
 
 from .conftest import Issued, build_jceks, cn, issue, new_key
 
@@ -390,6 +398,6 @@ def test_negative_serial_certificate_loads_without_warnings(write: Write) -> Non
     assert header in der
     negative = der.replace(header, header[:-1] + b"\x80", 1)  # serial -128, as some old CAs issued
     bundle = load_file(write("old.cer", negative))  # the suite runs with warnings as errors
-    infos = bundle.infos()
-    assert infos[0].serial == "-80"
+    infos = [*bundle.infos(), extract_info(bundle.certificates[0]), parse_certificate(negative)]
+    assert [i.serial for i in infos] == ["-80"] * 3
     assert infos[0].common_name == "old.example"

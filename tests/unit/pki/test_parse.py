@@ -2,11 +2,13 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import warnings
 
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, rsa
+from cryptography.hazmat.primitives.asymmetric import padding as asym_padding
 from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPrivateKeyTypes
 from cryptography.x509.oid import ExtensionOID, NameOID
 
@@ -201,3 +203,45 @@ def test_compute_fingerprint_is_sha256_of_der(leaf: Issued) -> None:
 def test_parse_certificate_rejects_non_der() -> None:
     with pytest.raises(ValueError):
         parse_certificate(b"\x30\x03\x02\x01\x01")
+
+
+def _resign_with_sha1(issued: Issued) -> bytes:
+    """The certificate re-signed with sha1WithRSAEncryption (cryptography no longer signs with SHA-1)."""
+    sha256_rsa = bytes.fromhex("06092a864886f70d01010b")
+    sha1_rsa = bytes.fromhex("06092a864886f70d010105")
+    cert = issued.cert
+    tbs = cert.tbs_certificate_bytes.replace(sha256_rsa, sha1_rsa)
+    assert isinstance(issued.key, rsa.RSAPrivateKey)
+    signature = issued.key.sign(tbs, asym_padding.PKCS1v15(), hashes.SHA1())  # noqa: S303
+    der = issued.der.replace(cert.tbs_certificate_bytes, tbs).replace(sha256_rsa, sha1_rsa)
+    return der.replace(cert.signature, signature)
+
+
+def test_sha1_self_signed_root_is_recognised() -> None:
+    # Many trust stores still hold SHA-1 roots; cryptography's own check refuses SHA-1 signatures.
+    issued = issue(cn("Legacy SHA-1 Root"), key=rsa.generate_private_key(65537, 2048))
+    der = _resign_with_sha1(issued)
+    info = parse_certificate(der)
+    assert info.signature_algorithm == "sha1WithRSAEncryption"
+    assert info.self_signed is True
+    tampered = bytearray(der)
+    tampered[-5] ^= 0xFF  # break the signature
+    assert parse_certificate(bytes(tampered)).self_signed is False
+
+
+def test_certificates_cryptography_warns_about_still_parse_with_warnings_as_errors() -> None:
+    # A three-letter country code: cryptography warns when it builds the name (an error in this suite).
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        name = x509.Name(
+            [
+                x509.NameAttribute(NameOID.COUNTRY_NAME, "USA", _validate=False),
+                x509.NameAttribute(NameOID.COMMON_NAME, "usa.example"),
+            ]
+        )
+        issued = issue(name)
+    with pytest.raises(UserWarning):
+        _ = x509.load_der_x509_certificate(issued.der).subject
+    info = parse_certificate(issued.der)
+    assert info.subject == "CN=usa.example,C=USA"
+    assert info.common_name == "usa.example"

@@ -130,8 +130,8 @@ class Dns01Solver:
         response, value = challenge.response_and_validation(self.account_key)
         chall = challenge.chall
         assert isinstance(chall, challenges.DNS01)
-        # A wildcard's authorization names the base domain, which is where the record goes.
-        fqdn = chall.validation_domain_name(identifier).rstrip(".") + "."
+        # A wildcard's record goes under the base domain (RFC 8555 8.4).
+        fqdn = chall.validation_domain_name(identifier.removeprefix("*.")).rstrip(".") + "."
         self.publisher.add(fqdn, value)
         return Prepared(identifier, challenge, response, fqdn, value)
 

@@ -51,7 +51,7 @@ class Http01Config(ConnectorConfig):
     webroot: str | None = Field(
         default=None,
         max_length=4096,
-        description="Document root (absolute path) for 'webroot' mode; files go to .well-known/acme-challenge.",
+        description="Absolute document root for 'webroot' mode; files go to .well-known/acme-challenge.",
     )
 
     @field_validator("webroot")

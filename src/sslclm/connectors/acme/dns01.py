@@ -8,6 +8,7 @@ server refused the key or the name lies outside the configured zone.
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import time
@@ -134,7 +135,11 @@ class HookPublisher:
         command = [*self.settings.command, action, fqdn, value]
         try:
             completed = subprocess.run(
-                command, capture_output=True, timeout=self.settings.timeout_seconds, check=False
+                command,
+                capture_output=True,
+                timeout=self.settings.timeout_seconds,
+                check=False,
+                env=hook_environment(),
             )
         except FileNotFoundError:
             raise ConnectorError(
@@ -159,6 +164,11 @@ class HookPublisher:
             raise ConnectorError(
                 f"the dns-01 hook ({action} {fqdn}) exited with status {completed.returncode}{reason}"
             )
+
+
+def hook_environment() -> dict[str, str]:
+    """The worker's environment without SSL-CLM's own settings: they may carry the master key."""
+    return {name: value for name, value in os.environ.items() if not name.upper().startswith("SSLCLM_")}
 
 
 def publisher_for(settings: Dns01Config) -> TxtPublisher:

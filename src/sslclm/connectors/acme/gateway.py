@@ -32,6 +32,7 @@ from sslclm.errors import (
     ConnectorError,
     InvalidInputError,
     NotSupportedError,
+    SslClmError,
 )
 from sslclm.pki import certificate_to_pem, extract_info, load_bundle, load_certificate
 from sslclm.pki.ca_tools import csr_names, load_csr, normalize_names
@@ -144,7 +145,7 @@ class AcmeGateway(CAGateway):
         """Fetch the directory and look the account up by its key; registers and changes nothing."""
         try:
             session = self.account.anonymous_session()
-        except (ConnectorError, InvalidInputError) as exc:
+        except SslClmError as exc:
             return CheckResult(ok=False, message=exc.message)
         try:
             meta = session.directory.meta
@@ -164,10 +165,18 @@ class AcmeGateway(CAGateway):
                 details=details,
             )
         if details["terms_of_service"] and not self.settings.terms_of_service_agreed:
+            terms = details["terms_of_service"]
             return CheckResult(
-                ok=False, message="the ACME server requires agreeing to its terms of service", details=details
+                ok=False,
+                message=f"the ACME server requires agreeing to its terms of service ({terms})",
+                details=details,
             )
-        key = self.account.key(create=False)
+        try:
+            key = self.account.key(create=False)
+        except SslClmError as exc:  # e.g. sealed under another master key
+            return CheckResult(
+                ok=False, message=f"the account key cannot be read: {exc.message}", details=details
+            )
         if key is None:
             return CheckResult(
                 ok=True,
@@ -176,11 +185,11 @@ class AcmeGateway(CAGateway):
             )
         try:
             keyed = self.account.session(key, register=False)
-        except (ConnectorError, InvalidInputError) as exc:
+        except SslClmError as exc:
             return CheckResult(ok=False, message=exc.message, details=details)
         try:
             account = self.account.query(keyed)
-        except ConnectorError as exc:
+        except SslClmError as exc:
             return CheckResult(ok=False, message=exc.message, details=details)
         finally:
             keyed.close()
@@ -190,7 +199,8 @@ class AcmeGateway(CAGateway):
                 message="directory reachable; the account will be registered again on first use",
                 details=details,
             )
-        status = account.status.name if account.status is not None else "valid"
+        # The library leaves Registration.status undecoded (a str), unlike Order and Authorization.
+        status = str(getattr(account.status, "name", account.status or "valid"))
         details["account_status"] = status
         if status != "valid":
             return CheckResult(ok=False, message=f"the ACME account is {status}", details=details)
@@ -389,6 +399,6 @@ class AcmeGateway(CAGateway):
             root_pem, _ = split_chain(root)
             return ChainResult(chain_pem=(intermediate_pem, root_pem), root_pem=root_pem)
         stored = self.context.state.get("chain")
-        chain = tuple(pem.encode() for pem in json.loads(stored)) if stored is not None else ()
-        root_pem = chain[-1] if chain and extract_info(load_certificate(chain[-1])).self_signed else None
-        return ChainResult(chain_pem=chain, root_pem=root_pem)
+        chain = tuple(str(pem).encode() for pem in json.loads(stored)) if stored is not None else ()
+        anchor = chain[-1] if chain and extract_info(load_certificate(chain[-1])).self_signed else None
+        return ChainResult(chain_pem=chain, root_pem=anchor)

@@ -93,8 +93,10 @@ class OrderDriver:
                     else self._failed_authorization(order)
                 )
                 raise CARejectedError(f"the ACME order failed: {detail}", acme_error=_code(order.error))
-            if status == messages.STATUS_PENDING and self._authorize(order):
-                pass
+            if status == messages.STATUS_PENDING:
+                # Authorizations just answered may take a moment to make the order ready.
+                if not self._authorize(order):
+                    self._pause(status)
             elif status == messages.STATUS_READY and not finalized:
                 try:
                     order = self.session.finalize(order.finalize, csr)
@@ -104,10 +106,14 @@ class OrderDriver:
                     # orderNotReady: another attempt is racing this one; poll and look again.
                     if exc.data.get("acme_error") != "orderNotReady":
                         raise
+                    self._pause(status)
             else:
-                self._expired(f"the order is still {status.name}")
-                self.sleep(self.timing.poll_interval)
+                self._pause(status)
             order = self.session.get_order(url)
+
+    def _pause(self, status: messages.Status) -> None:
+        self._expired(f"the order is still {status.name}")
+        self.sleep(self.timing.poll_interval)
 
     def _failed_authorization(self, order: messages.Order) -> str:
         for url in order.authorizations:

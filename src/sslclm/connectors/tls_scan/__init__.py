@@ -1,13 +1,16 @@
-"""Network TLS scanning: target expansion, the handshake engine, STARTTLS and offline trust checks.
+"""The ``tls-scan`` discovery source: target expansion, the handshake engine, STARTTLS, offline trust.
 
-Everything here is database-free: it turns target specs into endpoints and endpoints into
-:class:`ScanResult` values. The inventory and the job system decide what to keep.
+Everything here is database-free and imports only the plugin surface (``sslclm.spi``, ``pki``,
+``errors``), so an agent can run it: it turns target specs into endpoints and endpoints into
+:class:`ScanResult` values. The platform (``sslclm.discovery``) and the job system decide what to
+keep; :class:`TlsScanSource` offers the same engine as an SPI discovery source.
 """
 
 from __future__ import annotations
 
 from sslclm.connectors.tls_scan.results import ErrorKind, Protocol, ScanResult, ScanTarget, TrustError
 from sslclm.connectors.tls_scan.scanner import ScanOptions, TlsScanner, scan
+from sslclm.connectors.tls_scan.source import TlsScanConfig, TlsScanSource
 from sslclm.connectors.tls_scan.targets import (
     DEFAULT_MAX_TARGETS,
     TargetSet,
@@ -26,6 +29,8 @@ __all__ = [
     "ScanTarget",
     "TargetSet",
     "TargetSpec",
+    "TlsScanConfig",
+    "TlsScanSource",
     "TlsScanner",
     "TrustError",
     "TrustResult",

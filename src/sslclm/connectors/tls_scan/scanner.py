@@ -25,11 +25,11 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sslclm.spi.context import Clock, utcnow
 from sslclm.connectors.tls_scan.results import ErrorKind, Protocol, ScanResult, ScanTarget
 from sslclm.connectors.tls_scan.starttls import StartTlsError, negotiate
 from sslclm.connectors.tls_scan.trust import TrustStore, TrustVerifier
 from sslclm.errors import InvalidInputError
+from sslclm.spi.context import Clock, utcnow
 
 __all__ = ["ScanOptions", "TlsScanner", "scan"]
 
