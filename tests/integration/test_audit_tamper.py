@@ -40,23 +40,22 @@ def verify(client: TestClient, api_users: dict[str, ApiUser]) -> dict[str, objec
     return result
 
 
-@pytest.mark.parametrize(
-    "statement",
-    [
+def test_database_refuses_changes(api_users: dict[str, ApiUser], platform: Platform) -> None:
+    for statement in (
         "UPDATE audit_events SET actor = 'someone else' WHERE id = 3",
         "UPDATE audit_events SET note = 'harmless?'",
         "DELETE FROM audit_events WHERE id = 3",
         "DELETE FROM audit_events",
-    ],
-)
-def test_database_refuses_changes(api_users: dict[str, ApiUser], platform: Platform, statement: str) -> None:
-    with (
-        pytest.raises(DBAPIError, match="audit_events is append-only"),
-        platform.engine.begin() as connection,
     ):
-        connection.execute(text(statement))
+        with (
+            pytest.raises(DBAPIError, match="audit_events is append-only"),
+            platform.engine.begin() as connection,
+        ):
+            connection.execute(text(statement))
     with platform.sessions() as session:
-        assert verify_chain(session).ok
+        result = verify_chain(session)
+    assert result.ok
+    assert result.checked == 8
 
 
 def test_postgresql_refuses_truncate(api_users: dict[str, ApiUser], platform: Platform) -> None:

@@ -89,7 +89,7 @@ def test_wildcard_host_adds_the_machine_name(settings: Settings) -> None:
 def test_half_a_ca_is_refused_not_replaced(platform: Platform) -> None:
     tls = ensure_server_tls(platform, "127.0.0.1")
     (tls.ca_file.parent / "internal-ca.key.enc").unlink()
-    with pytest.raises(ConfigurationError, match="internal-ca.key.enc is missing"):
+    with pytest.raises(ConfigurationError, match=r"internal-ca\.key\.enc is missing"):
         ensure_server_tls(platform, "127.0.0.1")
 
 

@@ -36,6 +36,15 @@ def env(tmp_path: Path, database_url: str) -> dict[str, str]:
 
 
 @pytest.fixture
+def sqlite_env(tmp_path: Path) -> dict[str, str]:
+    return {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "SSLCLM_HOME": str(tmp_path / "home"),
+        "SSLCLM_MASTER_KEY": base64.b64encode(secrets.token_bytes(32)).decode(),
+    }
+
+
+@pytest.fixture
 def servers() -> Iterator[ServerThread]:
     with ServerThread() as thread:
         yield thread
@@ -112,8 +121,8 @@ def test_scan_command_records_into_the_local_inventory(
         (["10.0.0.1", "--no-system-roots"], "--no-system-roots needs at least one --ca-bundle"),
     ],
 )
-def test_bad_input_is_one_line_and_exit_1(env: dict[str, str], args: list[str], fragment: str) -> None:
-    result = sslclm(env, "scan", *args)
+def test_bad_input_is_one_line_and_exit_1(sqlite_env: dict[str, str], args: list[str], fragment: str) -> None:
+    result = sslclm(sqlite_env, "scan", *args)
     assert result.returncode == 1, (result.stdout, result.stderr)
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr

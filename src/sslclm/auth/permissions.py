@@ -21,13 +21,16 @@ class Permission(StrEnum):
     TOKEN_OWN = "token:own"  # create and revoke one's own API tokens
     TOKEN_MANAGE = "token:manage"  # list and revoke anyone's tokens
     AUDIT_READ = "audit:read"
+    CERT_ISSUE = "cert:issue"  # enroll, renew, revoke, adopt managed certificates
+    CONNECTION_MANAGE = "connection:manage"  # CA connections, stores, profiles
+    APPROVE = "approval:decide"  # approve or reject another person's issuance request
 
 
 _READ = {Permission.CERT_READ}
 
 MATRIX: dict[Role, frozenset[Permission]] = {
     Role.ADMIN: frozenset(Permission),
-    Role.OPERATOR: frozenset({*_READ, Permission.CERT_WRITE, Permission.TOKEN_OWN}),
+    Role.OPERATOR: frozenset({*_READ, Permission.CERT_WRITE, Permission.CERT_ISSUE, Permission.TOKEN_OWN}),
     Role.AUDITOR: frozenset({*_READ, Permission.AUDIT_READ, Permission.USER_READ, Permission.TOKEN_OWN}),
     Role.VIEWER: frozenset(_READ),  # read-only: a viewer changes nothing, not even its own tokens
 }

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import socket
 from typing import Annotated, Any
 
 import typer
@@ -13,6 +14,7 @@ from sslclm.cli.common import load_settings, opened_platform
 from sslclm.core.config import Settings
 from sslclm.core.platform import Platform
 from sslclm.core.tls import ServerTls, ensure_server_tls
+from sslclm.errors import ConfigurationError
 
 WILDCARD_HOSTS = frozenset({"0.0.0.0", "::", ""})
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
@@ -38,7 +40,7 @@ def base_url(settings: Settings, host: str, port: int, *, https: bool) -> str:
 
 def admin_lines(creds: AdminCredentials | None) -> list[str]:
     if creds is None:
-        return ["Admin:       sign in with an existing account (users already exist; no admin was created)"]
+        return ["Admin:       sign in with an existing account (this data directory already has users)"]
     if creds.created and creds.password is None:
         return [f"Admin:       created user '{creds.username}' with the password from SSLCLM_ADMIN_PASSWORD"]
     if creds.created:
@@ -50,6 +52,23 @@ def admin_lines(creds: AdminCredentials | None) -> list[str]:
         f"Admin:       user '{creds.username}', initial password: {creds.password}",
         f"             (from {creds.password_file}; change it to make this reminder go away)",
     ]
+
+
+def check_port_free(host: str, port: int) -> None:
+    """Fails early, before any file is created or banner printed, when the address cannot be bound."""
+    try:
+        infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise ConfigurationError(f"cannot listen on {host}: {exc.strerror}", field="host") from None
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        # The same socket options uvicorn uses, so a port in TIME_WAIT is not reported as taken.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            reason = (exc.strerror or str(exc)).lower()
+            raise ConfigurationError(f"cannot listen on {host}:{port}: {reason}", field="port") from None
 
 
 def register(app: typer.Typer) -> None:
@@ -83,6 +102,7 @@ def register(app: typer.Typer) -> None:
         if no_scheduler:
             overrides["embedded_scheduler"] = False
         settings = load_settings(**overrides)
+        check_port_free(host, port)
         with opened_platform(settings) as platform:
             creds = ensure_first_admin(platform)
             tls: ServerTls | None = None if http else ensure_server_tls(platform, host)

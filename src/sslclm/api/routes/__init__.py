@@ -15,6 +15,7 @@ from sslclm.api.routes import (
     system,
     tokens,
     users,
+    workflows,
 )
 
 ROUTERS: list[APIRouter] = [
@@ -23,6 +24,7 @@ ROUTERS: list[APIRouter] = [
     certificates.router,
     sightings.router,
     jobs.router,
+    workflows.router,
     discovery.router,
     users.router,
     tokens.router,
