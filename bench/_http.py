@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psutil
 
 from bench._util import REPO_DIR, free_port, latency_summary, running
 
@@ -32,17 +33,29 @@ def _sslclm_command() -> list[str]:
     return [found]
 
 
-def _timed(client: httpx.Client, url: str, requests: int, warmup: int) -> dict[str, Any]:
+def _cpu_seconds(server: psutil.Process) -> float:
+    times = server.cpu_times()
+    return float(times.user + times.system)
+
+
+def _timed(
+    client: httpx.Client, url: str, requests: int, warmup: int, server: psutil.Process
+) -> dict[str, Any]:
     for _ in range(warmup):
         client.get(url).raise_for_status()
     samples: list[float] = []
+    cpu_before = _cpu_seconds(server)
     for _ in range(requests):
         started = time.perf_counter()
         response = client.get(url)
         elapsed = time.perf_counter() - started
         response.raise_for_status()
         samples.append(elapsed)
-    return latency_summary(samples)
+    summary = latency_summary(samples)
+    # The server's CPU time per request does not grow when other processes compete for the
+    # cores, unlike the wall-clock latency: on an idle machine latency approaches it.
+    summary["server_cpu_ms_per_request"] = round((_cpu_seconds(server) - cpu_before) * 1000 / requests, 2)
+    return summary
 
 
 def deep_cursor(client: httpx.Client, pages: int = DEEP_PAGES) -> tuple[str, float]:
@@ -74,22 +87,25 @@ def measure_latency(
     base = f"http://127.0.0.1:{port}"
     argv = [*_sslclm_command(), "serve", "--http", "--port", str(port), "--no-worker", "--no-scheduler"]
     with (
-        running(argv, env=env, ready_url=f"{base}/api/v1/health", log=log_dir / "serve.log"),
+        running(argv, env=env, ready_url=f"{base}/api/v1/health", log=log_dir / "serve.log") as proc,
         httpx.Client(base_url=base, headers={"Authorization": f"Bearer {token}"}, timeout=60.0) as client,
     ):
+        server = psutil.Process(proc.pid)
         first = client.get(LIST_EXPIRING)
         first.raise_for_status()
         expiring_rows = len(first.json()["items"])
-        results: dict[str, Any] = {"expiring_first_page": _timed(client, LIST_EXPIRING, requests, warmup)}
+        results: dict[str, Any] = {
+            "expiring_first_page": _timed(client, LIST_EXPIRING, requests, warmup, server)
+        }
         results["expiring_first_page"]["rows"] = expiring_rows
         cursor, walk_seconds = deep_cursor(client, deep_pages)
         deep_url = f"{DEEP_BASE}&cursor={cursor}"
-        results["deep_page_20000"] = _timed(client, deep_url, requests, warmup)
+        results["deep_page_20000"] = _timed(client, deep_url, requests, warmup, server)
         results["deep_page_20000"]["rows_deep"] = deep_pages * 50
         results["deep_page_20000"]["walk_seconds"] = round(walk_seconds, 2)
         stats = client.get(STATS_BY_ISSUER)
         stats.raise_for_status()
-        results["stats_by_issuer"] = _timed(client, STATS_BY_ISSUER, requests, min(warmup, 5))
+        results["stats_by_issuer"] = _timed(client, STATS_BY_ISSUER, requests, min(warmup, 5), server)
         results["stats_by_issuer"]["groups"] = len(stats.json()["counts"])
     return results
 

@@ -136,10 +136,14 @@ def wait_http(url: str, proc: subprocess.Popen[bytes], timeout: float = 180.0) -
         if proc.poll() is not None:
             raise RuntimeError(f"server exited with status {proc.returncode} before answering {url}")
         try:
-            if httpx.get(url, timeout=2.0).status_code < 500:
-                return
+            response = httpx.get(url, timeout=5.0)
         except httpx.HTTPError:
-            pass
+            response = None
+        if response is not None:
+            if response.status_code < 500:
+                return
+            if response.status_code == 500:  # up but broken: waiting will not help
+                raise RuntimeError(f"{url} answered 500: {response.text[:300]}")
         time.sleep(0.2)
     raise RuntimeError(f"server did not answer {url} within {timeout:.0f} s")
 

@@ -16,7 +16,7 @@ from typing import Annotated, Any
 
 import orjson
 from fastapi import Depends, FastAPI, Request
-from sqlalchemy import JSON, Boolean, DateTime, Integer, String, bindparam, column, create_engine, text
+from sqlalchemy import JSON, Boolean, DateTime, Integer, bindparam, create_engine, text
 from sqlalchemy.engine import Connection, Engine
 from starlette.responses import Response
 
@@ -45,16 +45,18 @@ def list_statement() -> Any:
             bindparam("soon", type_=DateTime()),
             bindparam("limit", type_=Integer()),
         )
+        # By name (keywords): positional column objects would be matched to the result by position.
         .columns(
-            column("sans", JSON()),
-            column("is_ca", Boolean()),
-            column("self_signed", Boolean()),
-            column("has_private_key", Boolean()),
-            column("not_before", DateTime()),
-            column("not_after", DateTime()),
-            column("created_at", DateTime()),
-            column("updated_at", DateTime()),
-            column("serial", String()),
+            sans=JSON(),
+            is_ca=Boolean(),
+            self_signed=Boolean(),
+            has_private_key=Boolean(),
+            not_before=DateTime(),
+            not_after=DateTime(),
+            created_at=DateTime(),
+            updated_at=DateTime(),
+            revoked_at=DateTime(),
+            archived_at=DateTime(),
         )
     )
 

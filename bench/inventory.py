@@ -20,6 +20,7 @@ import json
 import os
 import secrets
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -75,7 +76,7 @@ def database(backend: str, home: Path, pg_admin_url: str) -> Iterator[str]:
     if backend == "sqlite":
         yield f"sqlite:///{(home / 'sslclm.db').resolve()}"
         return
-    name = f"sslclm_bench_{uuid.uuid4().hex[:10]}"
+    name = f"sslclm_bench_inventory_{uuid.uuid4().hex[:10]}"
     admin = create_engine(pg_admin_url, isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
         conn.execute(text(f'CREATE DATABASE "{name}"'))
@@ -293,7 +294,8 @@ def summary_rows(results: dict[str, Any]) -> list[list[str]]:
             rows.append(
                 [
                     f"{backend}: {label}",
-                    f"p50 {lat['p50_ms']} / p95 {lat['p95_ms']} / p99 {lat['p99_ms']} ms",
+                    f"p50 {lat['p50_ms']} / p95 {lat['p95_ms']} / p99 {lat['p99_ms']} ms "
+                    f"(server CPU {lat['server_cpu_ms_per_request']} ms/req)",
                     f"p95 < {LATENCY_BARS_MS[key]:.0f} ms",
                     _verdict(lat["p95_ms"] < LATENCY_BARS_MS[key]),
                 ]
@@ -348,6 +350,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if "postgresql" in backends and not args.skip_http and shutil.which("wrk") is None:
         log("note: wrk is not installed (apt-get install -y wrk); throughput is needed for the full run")
     WORK_DIR.mkdir(parents=True, exist_ok=True)
+    # A plain SIGTERM would skip the clean-up (servers, the PostgreSQL database): make it an exit.
+    signal.signal(signal.SIGTERM, lambda _signum, _frame: sys.exit(143))
 
     started = time.perf_counter()
     results: dict[str, Any] = {

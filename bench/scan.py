@@ -1,27 +1,36 @@
-"""Network scan rate: our TLS scanner against a bare asyncio TLS client, on the same loopback endpoints.
+"""Network scan rate: our TLS scanner against the raw handshake limit and the peer scanners.
 
 Run ``python -m bench.scan`` (``--help`` for knobs). It serves N TLS endpoints on loopback — nginx
 listening on up to 250 addresses 127.0.1.x times as many ports as needed, or with ``--server python``
 asyncio listeners in worker processes — each with a leaf + intermediate chain from a generated PKI,
-then in one run:
+then in one run, on the same endpoints:
 
 * **bare**: ``asyncio.open_connection(ssl=...)`` per endpoint with the same concurrency, closing
   right after the handshake; no chain, no checks. This is the raw handshake limit of a Python client.
-* **sslclm**: ``parse_targets`` + ``TlsScanner.scan`` with full chains, trust against the zoo root
-  and hostname checks; every result must come back trusted.
-* **sweep** (``--sweep``): a /16 of closed ports (127.2.0.0/16), with the peak RSS of the process.
+* **sslclm**: ``parse_targets`` + ``TlsScanner.scan`` with full chains, trust against the bench root
+  and hostname checks; every result must come back trusted. Alternated with bare, round by round.
+* **sslclm recorded**: the whole ``run_scan`` path (scanner + batched writes of endpoints,
+  certificates, sightings and history) into a fresh SQLite platform, as ``sslclm scan`` does.
+* **openssl s_time -new**, **sslyze --certinfo** (its own venv, ``--sslyze-python``), **nmap
+  --script ssl-cert** and **sslscan --show-certificate**: each once over the same endpoints.
+* **sweep** (``--sweep``): a /16 of closed ports (127.2.0.0/16) in a child process, with its peak RSS.
 
-The issue's bar is sslclm ≥ 60% of bare; the table prints the ratio.
+Each row records the 1-minute load average when it finished: other work on the machine slows the
+wall-clock figures, while "per CPU s" counts only the client's own CPU. Results also go to
+``bench/.work/results-scan.json``.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import contextlib
+import json
 import multiprocessing
 import os
 import resource
+import secrets
 import shutil
 import signal
 import socket
@@ -31,7 +40,6 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -40,27 +48,18 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from bench._scan_peers import Row, run_nmap, run_s_time, run_sslscan, run_sslyze
+from bench._util import WORK_DIR, machine_info
+from sslclm.audit.service import AuditContext
 from sslclm.connectors.tls_scan import ScanOptions, TlsScanner, TrustStore, parse_targets
+from sslclm.core.config import Settings
+from sslclm.core.db import session_scope
+from sslclm.core.platform import Platform
+from sslclm.discovery.scans import run_scan
+from sslclm.discovery.schemas import ScanOptionsIn, ScanTargetsIn
+from sslclm.discovery.service import create_scan
 
 BASE_OCTETS = "127.0.1"
-
-
-@dataclass(frozen=True)
-class Row:
-    name: str
-    endpoints: int
-    seconds: float
-    cpu_seconds: float  # this process only: the client's own cost, whatever else loads the machine
-    ok: int
-    note: str = ""
-
-    @property
-    def rate(self) -> float:
-        return self.endpoints / self.seconds if self.seconds else 0.0
-
-    @property
-    def cpu_rate(self) -> float:
-        return self.endpoints / self.cpu_seconds if self.cpu_seconds else 0.0
 
 
 def _make_pki(directory: Path, names: Sequence[str]) -> tuple[Path, Path, Path]:
@@ -279,15 +278,60 @@ async def _compare(
         seconds, cpu, ok, good = await _ours(scanner, spec, ports)
         ours_s, ours_cpu, ours_ok, checked = ours_s + seconds, ours_cpu + cpu, ours_ok + ok, checked + good
     total = len(endpoints) * rounds
+    load = os.getloadavg()
     return [
-        Row("bare asyncio open_connection(ssl=)", total, bare_s, bare_cpu, bare_ok, "handshake only"),
+        Row("bare asyncio open_connection(ssl=)", total, bare_s, bare_cpu, bare_ok, "handshake only", load),
         Row(
-            "sslclm TlsScanner.scan", total, ours_s, ours_cpu, ours_ok, f"{checked} trusted+name, chain of 2"
+            "sslclm TlsScanner.scan",
+            total,
+            ours_s,
+            ours_cpu,
+            ours_ok,
+            f"{checked} trusted+name, chain of 2",
+            load,
         ),
     ]
 
 
-async def _sweep(port: int, concurrency: int) -> Row:
+def _recorded(
+    addresses: Sequence[str], ports: Sequence[int], concurrency: int, root: Path, home: Path
+) -> Row:
+    """The whole ``run_scan`` path into a fresh SQLite platform: scanner plus batched database writes."""
+    settings = Settings(home=home, master_key=base64.b64encode(secrets.token_bytes(32)).decode())
+    platform = Platform.open(settings)
+    try:
+        spec = ScanTargetsIn(
+            targets=[f"{addresses[0]}-{addresses[-1].rsplit('.', 1)[1]}"], ports=",".join(map(str, ports))
+        )
+        options = ScanOptionsIn(
+            concurrency=concurrency, use_system_roots=False, extra_roots_pem=root.read_text()
+        )
+        timings = []
+        for _ in range(2):  # the first scan creates every row, the second updates them
+            with session_scope(platform.sessions) as session:
+                scan_id = create_scan(
+                    session, AuditContext(actor="bench"), spec, options, now=platform.clock(), enqueue=False
+                ).id
+            started, cpu = time.perf_counter(), time.process_time()
+            outcome = run_scan(platform, scan_id)
+            timings.append((time.perf_counter() - started, time.process_time() - cpu, outcome.found))
+    finally:
+        platform.close()
+    seconds = sum(t[0] for t in timings)
+    cpu = sum(t[1] for t in timings)
+    found = sum(t[2] for t in timings)
+    return Row(
+        "sslclm run_scan into SQLite",
+        len(addresses) * len(ports) * 2,
+        seconds,
+        cpu,
+        found,
+        f"2 scans (insert, then update): {timings[0][0]:.2f}s + {timings[1][0]:.2f}s",
+        os.getloadavg(),
+    )
+
+
+async def _sweep(port: int, concurrency: int) -> dict[str, float]:
     targets = parse_targets(["127.2.0.0/16"], ports=[port])
     scanner = TlsScanner(ScanOptions(concurrency=concurrency, connect_timeout=2, trust_store=TrustStore([])))
     refused = total = 0
@@ -295,25 +339,81 @@ async def _sweep(port: int, concurrency: int) -> Row:
     async for result in scanner.scan(targets):
         total += 1
         refused += result.error_kind == "refused"
-    seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
-    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {
+        "endpoints": total,
+        "refused": refused,
+        "seconds": time.perf_counter() - started,
+        "cpu_seconds": time.process_time() - cpu,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
+
+
+def _sweep_in_child(concurrency: int) -> Row:
+    """The sweep in a fresh interpreter, so its peak RSS is the sweep's own and nothing else's."""
+    command = [sys.executable, "-m", "bench.scan", "--sweep-only", "--concurrency", str(concurrency)]
+    done = subprocess.run(command, capture_output=True, text=True, check=True, timeout=1800)
+    figures = json.loads(done.stdout)
     return Row(
-        "sslclm sweep, closed /16", total, seconds, cpu, 0, f"{refused} refused, peak RSS {peak_mb:.0f} MB"
+        "sslclm sweep, closed /16",
+        int(figures["endpoints"]),
+        figures["seconds"],
+        figures["cpu_seconds"],
+        0,
+        f"{int(figures['refused'])} refused, peak RSS {figures['peak_rss_mb']:.0f} MB (whole process)",
+        os.getloadavg(),
     )
+
+
+def _print(rows: Sequence[Row], header: str) -> None:
+    print(f"\n{header}\n")
+    print(
+        f"{'client':34} {'endpoints':>9} {'seconds':>8} {'per s':>7} {'vs bare':>7} "
+        f"{'per CPU s':>9} {'vs bare':>7} {'ok':>5} {'load':>5}  note"
+    )
+    bare = rows[0]
+    for row in rows:
+        ratio = cpu_ratio = ""
+        if row is not bare and row.ok:
+            ratio, cpu_ratio = f"{row.rate / bare.rate:.0%}", f"{row.cpu_rate / bare.cpu_rate:.0%}"
+        figures = f"{row.endpoints:9d} {row.seconds:8.2f} {row.rate:7.0f} {ratio:>7}"
+        figures += f" {row.cpu_rate:9.0f} {cpu_ratio:>7}"
+        print(f"{row.name:34} {figures} {row.ok:5d} {row.load[0]:5.1f}  {row.note}")
+    print("\n'per CPU s' counts only the client's own processes, so other load on the machine cancels out.")
+
+
+PEERS = ("s_time", "sslyze", "nmap", "sslscan")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--endpoints", type=int, default=1000, help="TLS endpoints served (rounded up)")
-    parser.add_argument("--rounds", type=int, default=5, help="passes over the endpoints per client")
+    parser.add_argument("--rounds", type=int, default=5, help="bare/sslclm passes over the endpoints")
     parser.add_argument("--concurrency", type=int, default=100)
     parser.add_argument("--server", choices=("nginx", "python"), default="nginx")
     parser.add_argument("--server-workers", type=int, default=1)
     parser.add_argument("--loop", choices=("asyncio", "uvloop"), default="asyncio")
     parser.add_argument("--sweep", action="store_true", help="also scan a /16 of closed ports")
+    parser.add_argument("--sweep-only", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--peers", default=",".join(PEERS), help="peer tools to run ('' for none)")
+    parser.add_argument("--no-recorded", action="store_true", help="skip the run_scan-into-SQLite row")
+    parser.add_argument("--stime-seconds", type=int, default=5)
+    parser.add_argument(
+        "--sslyze-python",
+        type=Path,
+        default=WORK_DIR / "sslyze-venv" / "bin" / "python",
+        help="python of a venv with sslyze (python -m venv bench/.work/sslyze-venv && pip install sslyze)",
+    )
+    parser.add_argument("--output", type=Path, default=WORK_DIR / "results-scan.json")
     args = parser.parse_args(argv)
+    if args.sweep_only:
+        print(json.dumps(asyncio.run(_sweep(_free_port(), args.concurrency))))
+        return 0
     if args.endpoints < 1:
         parser.error("--endpoints must be positive")
+    peers = [p for p in args.peers.split(",") if p]
+    unknown = set(peers) - set(PEERS)
+    if unknown:
+        parser.error(f"unknown peers: {', '.join(sorted(unknown))} (known: {', '.join(PEERS)})")
     address_count = min(args.endpoints, 250)
     addresses = [f"{BASE_OCTETS}.{i}" for i in range(1, address_count + 1)]
     ports = sorted({_free_port() for _ in range(-(-args.endpoints // address_count))})
@@ -323,6 +423,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         import uvloop
 
         runner = uvloop.run
+    load_before = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="sslclm-bench-") as tmp:
         directory = Path(tmp)
         chain, key, root = _make_pki(directory, addresses)
@@ -333,27 +434,42 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         with serving:
             rows = runner(_compare(addresses, ports, args.rounds, args.concurrency, root))
+            if not args.no_recorded:
+                rows.append(_recorded(addresses, ports, args.concurrency, root, directory / "platform"))
+            if "s_time" in peers:
+                rows.append(run_s_time(endpoints, 4, args.stime_seconds))
+            if "sslyze" in peers:
+                if args.sslyze_python.exists():
+                    rows.append(run_sslyze(args.sslyze_python, endpoints, root, directory))
+                else:
+                    print(f"skipping sslyze: {args.sslyze_python} not found", file=sys.stderr)
+            if "nmap" in peers and shutil.which("nmap"):
+                rows.append(run_nmap(addresses, ports, directory))
+            if "sslscan" in peers and shutil.which("sslscan"):
+                rows.append(run_sslscan(endpoints, directory))
         if args.sweep:
-            rows.append(runner(_sweep(_free_port(), args.concurrency)))
-    print(
-        f"\n{len(endpoints)} endpoints ({len(addresses)} addresses x {len(ports)} ports) "
-        f"x {args.rounds} rounds, server {args.server} "
+            rows.append(_sweep_in_child(max(args.concurrency, 500)))
+    header = (
+        f"{len(endpoints)} endpoints ({len(addresses)} addresses x {len(ports)} ports), "
+        f"bare/sslclm x {args.rounds} rounds, server {args.server} "
         f"({args.server_workers} worker(s)), loop {args.loop}, concurrency {args.concurrency}, "
-        f"{os.cpu_count()} CPUs, Python {sys.version.split()[0]}, {ssl.OPENSSL_VERSION}\n"
+        f"{os.cpu_count()} CPUs, Python {sys.version.split()[0]}, {ssl.OPENSSL_VERSION}, "
+        f"load average {load_before[0]:.1f} before, {os.getloadavg()[0]:.1f} after"
     )
-    print(
-        f"{'client':34} {'endpoints':>9} {'seconds':>8} {'per s':>7} {'vs bare':>7} "
-        f"{'per CPU s':>9} {'vs bare':>7} {'ok':>5}  note"
+    _print(rows, header)
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(
+        json.dumps(
+            {
+                "machine": machine_info(),
+                "header": header,
+                "load_average_before": load_before,
+                "load_average_after": os.getloadavg(),
+                "rows": [row.as_dict() for row in rows],
+            },
+            indent=2,
+        )
     )
-    bare = rows[0]
-    for row in rows:
-        ratio = cpu_ratio = ""
-        if row is not bare and row.ok:
-            ratio, cpu_ratio = f"{row.rate / bare.rate:.0%}", f"{row.cpu_rate / bare.cpu_rate:.0%}"
-        figures = f"{row.endpoints:9d} {row.seconds:8.2f} {row.rate:7.0f} {ratio:>7}"
-        figures += f" {row.cpu_rate:9.0f} {cpu_ratio:>7}"
-        print(f"{row.name:34} {figures} {row.ok:5d}  {row.note}")
-    print("\n'per CPU s' counts only this process (the client), so other load on the machine cancels out.")
     return 0
 
 

@@ -208,6 +208,22 @@ def test_generated_admin_password_is_shown_then_recalled(start: Start, tmp_path:
     again = start(home, admin_password=None)
     assert again.line("Admin:") == f"Admin:       user 'admin', initial password: {password}"
     login(again.port, ca_file, password)
+    again.stop()
+
+    # Once the admin has a password of their own the reminder (and its file) are gone.
+    changed = subprocess.run(
+        [str(SSLCLM), "user", "passwd", "admin", "--password-stdin"],
+        env=_env(home, None),
+        input="the admin's own choice\n",
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert changed.returncode == 0, changed.stderr
+    assert not password_file.exists()
+    third = start(home, admin_password=None)
+    assert "existing account" in third.line("Admin:")
+    login(third.port, ca_file, "the admin's own choice")
 
 
 def test_plain_http_only_when_asked(start: Start, tmp_path: Path) -> None:

@@ -150,7 +150,8 @@ def test_import_and_inventory_end_to_end(sslclm: Program, tmp_path: Path) -> Non
     ]
     target = tmp_path / "export.csv"
     sslclm.ok("certs", "export", "--format", "csv", "--file", str(target), "--expires-within", "60")
-    assert [row["common_name"] for row in csv.DictReader(io.StringIO(target.read_text()))] == ["web.example.com"]
+    exported = csv.DictReader(io.StringIO(target.read_text()))
+    assert [row["common_name"] for row in exported] == ["web.example.com"]
 
     sslclm.fails(1, "import", str(tmp_path / "nowhere"), fragment="no such file or directory")
     sslclm.fails(2, "certs", "list", "--expires-before", "next tuesday", fragment="is not a date")

@@ -292,3 +292,31 @@ def test_bad_targets_are_refused_naming_the_token(
     assert token in caught.value.message
     with platform.sessions() as session:
         assert session.execute(select(func.count()).select_from(Scan)).scalar_one() == 0
+
+
+def test_the_migration_matches_the_discovery_models(platform: Platform) -> None:
+    from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
+
+    from sslclm.core.models import Base
+
+    ours = {"endpoints", "endpoint_observations", "scans", "scan_results", "scan_schedules"}
+
+    def table_of(diff: object) -> str | None:
+        item = diff[0] if isinstance(diff, list) else diff
+        for part in item[1:] if isinstance(item, tuple) else ():
+            name = getattr(part, "name", None) if not isinstance(part, str) else None
+            table = getattr(part, "table", None)
+            if table is not None:
+                return str(table.name)
+            if name in ours:
+                return str(name)
+            if isinstance(part, str) and part in ours:
+                return part
+        return None
+
+    with platform.engine.connect() as connection:
+        diffs = compare_metadata(
+            MigrationContext.configure(connection, opts={"compare_type": True}), Base.metadata
+        )
+    assert [d for d in diffs if table_of(d) in ours] == []

@@ -39,6 +39,14 @@ PUBLIC: dict[tuple[str | None, str], str] = {
         "GET",
         "/api/v1/system/ca.pem",
     ): "the internal CA certificate: public, a client needs it to trust the server",
+    (
+        "GET",
+        "/api/v1/ca-connections/{connection_id}/crl",
+    ): "a CRL is fetched by every relying party, unauthenticated",
+    (
+        "GET",
+        "/.well-known/acme-challenge/{token}",
+    ): "ACME http-01 responder: the ACME server fetches the key authorization without credentials",
     ("GET", "/ui/login"): "the login form",
     ("POST", "/ui/login"): "the login form's submission",
     ("GET", "/"): "redirects to /ui/",
@@ -121,7 +129,9 @@ def anonymous_failures(client: TestClient) -> list[str]:
             status = call(client, endpoint, **kwargs)
             if public and status == 401:
                 failures.append(f"{endpoint.method} {endpoint.url} {kwargs}: public but got 401")
-            if public and endpoint.method == "GET" and status >= 400:
+            # A public route naming an object by its path may answer 404 for the dummy value.
+            missing_object = status == 404 and "{" in endpoint.template
+            if public and endpoint.method == "GET" and status >= 400 and not missing_object:
                 failures.append(
                     f"{endpoint.method} {endpoint.url} {kwargs}: public page failed with {status}"
                 )

@@ -100,7 +100,7 @@ class RootGroup(TyperGroup):
 
 
 def build_app() -> typer.Typer:
-    from sslclm.cli import certs, db, jobs, scan, serve, users
+    from sslclm.cli import certs, db, jobs, scan, serve, users, workflows
 
     app = typer.Typer(
         name="sslclm",
@@ -131,6 +131,7 @@ def build_app() -> typer.Typer:
     certs.register(app)
     jobs.register(app)
     scan.register(app)
+    workflows.register(app)
     return app
 
 

@@ -86,14 +86,17 @@ def register(app: typer.Typer) -> None:
             bool, typer.Option("--no-scheduler", help="Do not run the scheduler in this process.")
         ] = False,
         log_level: Annotated[
-            str, typer.Option("--log-level", help=f"Server log level: {', '.join(LOG_LEVELS)}.")
-        ] = "info",
+            str | None,
+            typer.Option(
+                "--log-level", help=f"Server log level: {', '.join(LOG_LEVELS)} (default SSLCLM_LOG_LEVEL)."
+            ),
+        ] = None,
     ) -> None:
         """Run the platform: API under /api/v1, web UI under /ui/, over HTTPS with the internal CA.
 
         On first start it creates the database, the master key, the internal CA and the first admin.
         """
-        if log_level.lower() not in LOG_LEVELS:
+        if log_level is not None and log_level.lower() not in LOG_LEVELS:
             raise typer.BadParameter(f"choose one of {', '.join(LOG_LEVELS)}", param_hint="--log-level")
         overrides: dict[str, Any] = {}
         # Only an explicit flag overrides SSLCLM_EMBEDDED_*: the environment stays authoritative otherwise.
@@ -102,6 +105,11 @@ def register(app: typer.Typer) -> None:
         if no_scheduler:
             overrides["embedded_scheduler"] = False
         settings = load_settings(**overrides)
+        level = (log_level or settings.log_level).lower()
+        if level not in LOG_LEVELS:
+            raise ConfigurationError(
+                f"SSLCLM_LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}", field="log_level"
+            )
         check_port_free(host, port)
         with opened_platform(settings) as platform:
             creds = ensure_first_admin(platform)
@@ -122,7 +130,7 @@ def register(app: typer.Typer) -> None:
                     "use --http only behind a TLS-terminating proxy",
                     err=True,
                 )
-            _run_server(platform, host, port, tls, log_level.lower())
+            _run_server(platform, host, port, tls, level)
 
 
 def _run_server(platform: Platform, host: str, port: int, tls: ServerTls | None, log_level: str) -> None:
@@ -132,6 +140,7 @@ def _run_server(platform: Platform, host: str, port: int, tls: ServerTls | None,
     from sslclm.api.app import create_app
 
     app = create_app(platform=platform)
+    _embed_jobs(app, platform)
     config = uvicorn.Config(
         app,
         host=host,
@@ -143,3 +152,19 @@ def _run_server(platform: Platform, host: str, port: int, tls: ServerTls | None,
     )
     # uvicorn logs and exits with status 1 itself when it cannot bind (port in use, no permission).
     uvicorn.Server(config).run()
+
+
+def _embed_jobs(app: Any, platform: Platform) -> None:
+    """Runs a job worker and the periodic scheduler beside the server, unless switched off."""
+    settings = platform.settings
+    if not (settings.embedded_worker or settings.embedded_scheduler):
+        return
+    from sslclm.jobs import Scheduler, TaskRegistry, Worker, default_registry, load_task_modules
+
+    load_task_modules()
+    scheduler = Scheduler(platform, default_registry.schedules()) if settings.embedded_scheduler else None
+    # Scheduler only: a worker with no task kinds claims nothing and just ticks the schedules.
+    registry = default_registry if settings.embedded_worker else TaskRegistry()
+    worker = Worker(platform, registry=registry, scheduler=scheduler)
+    app.state.startup_hooks.append(lambda _platform: worker.start())
+    app.state.shutdown_hooks.append(lambda _platform: worker.stop(timeout=30))

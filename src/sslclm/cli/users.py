@@ -14,6 +14,7 @@ from sqlalchemy import select
 
 from sslclm.audit.service import verify_chain
 from sslclm.auth import service
+from sslclm.auth.bootstrap import PASSWORD_FILE
 from sslclm.auth.models import ApiToken, User
 from sslclm.auth.permissions import Role
 from sslclm.cli.common import (
@@ -28,6 +29,7 @@ from sslclm.cli.common import (
     unit_of_work,
 )
 from sslclm.core.clock import as_utc, utcnow
+from sslclm.core.db import session_scope
 from sslclm.errors import InvalidInputError
 
 user_app = typer.Typer(help="User accounts.", no_args_is_help=True)
@@ -115,12 +117,16 @@ def user_passwd(
     password_stdin: PasswordStdinOption = False,
 ) -> None:
     """Set a user's password; their open UI sessions end."""
-    with unit_of_work() as session:
-        service.get_user(session, username)  # fail on an unknown name before prompting
-    password = read_password(password_stdin, prompt="New password")
-    with unit_of_work() as session:
-        user = service.get_user(session, username)
-        service.update_user(session, cli_context(), user, password=password)
+    with opened_platform() as platform:
+        with session_scope(platform.sessions) as session:
+            service.get_user(session, username)  # fail on an unknown name before prompting
+        password = read_password(password_stdin, prompt="New password")
+        with session_scope(platform.sessions) as session:
+            user = service.get_user(session, username)
+            service.update_user(session, cli_context(), user, password=password)
+        if username == platform.settings.admin_username:
+            # The generated first-admin password is only a reminder until that admin has another one.
+            (platform.settings.home / PASSWORD_FILE).unlink(missing_ok=True)
     typer.echo(f"password changed for '{username}'")
 
 

@@ -72,18 +72,18 @@ class ResultRecorder:
         self._parsed: OrderedDict[bytes, CertificateInfo | None] = OrderedDict()
 
     def _info(self, der: bytes) -> CertificateInfo | None:
-        info = self._parsed.get(der, False)
-        if info is False:
-            try:
-                parsed: CertificateInfo | None = parse_certificate(der)
-            except ValueError:
-                parsed = None  # a server may send bytes cryptography cannot load; the rest is kept
-            self._parsed[der] = parsed
-            if len(self._parsed) > _PARSE_CACHE:
-                self._parsed.popitem(last=False)
-            return parsed
-        self._parsed.move_to_end(der)
-        return info  # type: ignore[return-value]
+        """Parsed once per scan while it stays in the cache: thousands of endpoints share a chain."""
+        if der in self._parsed:
+            self._parsed.move_to_end(der)
+            return self._parsed[der]
+        try:
+            parsed: CertificateInfo | None = parse_certificate(der)
+        except ValueError:
+            parsed = None  # a server may send bytes cryptography cannot load; the rest is kept
+        self._parsed[der] = parsed
+        if len(self._parsed) > _PARSE_CACHE:
+            self._parsed.popitem(last=False)
+        return parsed
 
     def record(self, session: Session, results: Sequence[ScanResult], now: datetime) -> BatchOutcome:
         """Writes ``results`` in the caller's transaction."""

@@ -62,6 +62,15 @@ class ScanOptionsIn(BaseModel):
     max_targets: int = Field(default=1 << 20, ge=1, le=1 << 24, description="Refuse larger target sets.")
 
 
+def shown_options(options: dict[str, Any] | None) -> dict[str, Any]:
+    """Options as the API shows them: a trust bundle is public but long, so only its size is shown."""
+    shown = dict(options or {})
+    bundle = shown.get("extra_roots_pem")
+    if bundle:
+        shown["extra_roots_pem"] = f"<{bundle.count('BEGIN CERTIFICATE')} certificates>"
+    return shown
+
+
 class ScanCreate(ScanTargetsIn):
     name: str | None = Field(default=None, max_length=255)
     options: ScanOptionsIn = Field(default_factory=ScanOptionsIn)
@@ -101,7 +110,7 @@ class ScanOut(BaseModel):
             name=scan.name,
             status=scan.status,
             targets=scan.targets,
-            options=options,
+            options=shown_options(scan.options),
             total=scan.total,
             done=scan.done,
             found=scan.found,
@@ -186,7 +195,7 @@ class ScheduleOut(BaseModel):
             cron=schedule.cron,
             enabled=schedule.enabled,
             targets=schedule.targets,
-            options=schedule.options,
+            options=shown_options(schedule.options),
             next_run_at=schedule.next_run_at,
             last_run_at=schedule.last_run_at,
             last_scan_id=schedule.last_scan_id,

@@ -17,7 +17,6 @@ from sslclm.errors import SslClmError
 from sslclm.inventory.models import Certificate, Issuer, PrivateKey, Sighting
 from sslclm.pki import (
     CertificateInfo,
-    extract_info,
     load_bundle,
     match_private_keys,
     private_key_to_pkcs8_der,
@@ -42,7 +41,7 @@ class ParsedFile:
 def parse_file_bytes(path: str, data: bytes, password: str | None) -> ParsedFile:
     try:
         bundle = load_bundle(data, password=password, filename=path)
-        infos = [extract_info(cert) for cert in bundle.certificates]
+        infos = bundle.infos()
         matched = match_private_keys(bundle.certificates, bundle.private_keys) if bundle.private_keys else {}
         keys = []
         for key in {id(k): k for k in matched.values()}.values():

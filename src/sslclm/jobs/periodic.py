@@ -22,6 +22,7 @@ from sqlalchemy import delete, update
 from sslclm.core.db import session_scope
 from sslclm.jobs import queue
 from sslclm.jobs.models import PeriodicTick
+from sslclm.jobs.sql import insert_ignoring_conflict
 
 if TYPE_CHECKING:
     from sslclm.core.platform import Platform
@@ -102,7 +103,7 @@ class Scheduler:
 
     def _enqueue_due(self, schedule: Schedule, due: datetime, now: datetime) -> int | None:
         with session_scope(self.platform.sessions) as session:
-            tick_id = queue.insert_ignoring_conflict(
+            tick_id = insert_ignoring_conflict(
                 session,
                 PeriodicTick,
                 {"schedule": schedule.name, "due_at": due, "created_at": now},

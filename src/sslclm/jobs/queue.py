@@ -23,34 +23,21 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from functools import cache
 from typing import Any
 
-from sqlalchemy import (
-    ColumnElement,
-    Insert,
-    Row,
-    Select,
-    Table,
-    TextClause,
-    Update,
-    bindparam,
-    case,
-    delete,
-    func,
-    insert,
-    literal,
-    select,
-    update,
-)
-from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.orm import InstrumentedAttribute, Session
+from sqlalchemy import ColumnElement, Row, case, delete, func, literal, select, update
+from sqlalchemy.engine import Connection
+from sqlalchemy.orm import Session
 
 from sslclm.errors import ConflictError, InvalidInputError, NotFoundError, SslClmError
 from sslclm.jobs.models import ACTIVE_STATUSES, ACTIVE_WHERE, FINISHED_STATUSES, Job, JobEvent, JobStatus
+from sslclm.jobs.sql import dialect_insert, event_insert, held_update, locked_ids
+from sslclm.jobs.sql import insert_ignoring_conflict as insert_ignoring_conflict
 from sslclm.jobs.steps import MAX_MESSAGE, Done, Next, Outcome, Wait
 
 FIRST_STEP = "start"
+# The hot path (a step's completion) also runs on a bare connection when the step opened no session.
+Executor = Session | Connection
 MAX_ERROR = 1000
 _READY = (JobStatus.QUEUED.value, JobStatus.WAITING.value)
 _ACTIVE = tuple(status.value for status in ACTIVE_STATUSES)
@@ -104,43 +91,6 @@ def error_line(exc: BaseException) -> str:
         text = f"{type(exc).__name__}: {detail}" if detail else type(exc).__name__
     first = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
     return first[:MAX_ERROR]
-
-
-def _dialect_insert(session: Session, model: type[Any]) -> Any:
-    name = session.get_bind().dialect.name
-    if name == "postgresql":
-        return postgresql.insert(model)
-    if name == "sqlite":
-        return sqlite.insert(model)
-    raise InvalidInputError(f"unsupported database dialect '{name}'")
-
-
-def insert_ignoring_conflict(
-    session: Session,
-    model: type[Any],
-    values: Mapping[str, Any],
-    conflict_columns: Sequence[str],
-    *,
-    returning: InstrumentedAttribute[Any],
-    where: ColumnElement[bool] | TextClause | None = None,
-) -> Any:
-    """``INSERT ... ON CONFLICT DO NOTHING RETURNING``: the new row's value, or None on a conflict."""
-    statement = (
-        _dialect_insert(session, model)
-        .values(dict(values))
-        .on_conflict_do_nothing(index_elements=list(conflict_columns), index_where=where)
-        .returning(returning)
-    )
-    return session.execute(statement).scalar_one_or_none()
-
-
-def _locked_ids(session: Session, candidates: Select[Any]) -> ColumnElement[bool]:
-    """``Job.id IN (candidates)``, with the candidates row-locked and skipped when locked on PostgreSQL."""
-    if session.get_bind().dialect.name == "postgresql":
-        # MATERIALIZED: the planner must run the locking SELECT once, not re-run it per outer row.
-        picked = candidates.with_for_update(skip_locked=True).cte("picked").prefix_with("MATERIALIZED")
-        return Job.id.in_(select(picked.c.id))
-    return Job.id.in_(candidates)
 
 
 @dataclass(frozen=True, slots=True)
@@ -236,7 +186,7 @@ def enqueue_many(session: Session, specs: Iterable[JobSpec], *, now: datetime) -
     if not rows:
         return 0
     statement = (
-        _dialect_insert(session, Job)
+        dialect_insert(session, Job)
         .on_conflict_do_nothing(index_elements=["dedupe_key"], index_where=ACTIVE_WHERE)
         .returning(Job.id)
     )
@@ -263,7 +213,7 @@ def claim(
     )
     statement = (
         update(Job)
-        .where(_locked_ids(session, candidates))
+        .where(locked_ids(session, Job.id, candidates))
         .values(
             status=_RUNNING,
             lease_owner=owner,
@@ -315,60 +265,27 @@ def _held(job: ClaimedJob) -> ColumnElement[bool]:
     return (Job.id == job.id) & (Job.lease_owner == job.lease_owner) & (Job.status == _RUNNING)
 
 
-@cache
-def _held_update(columns: tuple[str, ...]) -> Update:
-    """The compare-and-set of a held job, built once per set of columns.
-
-    Built once and reused, the statement's compiled form stays in SQLAlchemy's cache: this runs
-    after every step of every job, and rebuilding it cost more than the database round trip.
-    """
-    table = _jobs_table()
-    return (
-        update(table)
-        .where(
-            table.c.id == bindparam("_id"),
-            table.c.lease_owner == bindparam("_owner"),
-            table.c.status == _RUNNING,
-        )
-        .values({name: bindparam(name, type_=table.c[name].type) for name in columns})
-        .returning(table.c.cancel_requested)
-    )
-
-
-def _update_held(session: Session, job: ClaimedJob, values: Mapping[str, Any]) -> Row[Any] | None:
-    statement = _held_update(tuple(sorted(values)))
+def _update_held(session: Executor, job: ClaimedJob, values: Mapping[str, Any]) -> Row[Any] | None:
+    statement = held_update(tuple(sorted(values)))
     return session.execute(statement, {**values, "_id": job.id, "_owner": job.lease_owner}).first()
 
 
-def _jobs_table() -> Table:
-    table = Job.__table__
-    assert isinstance(table, Table)
-    return table
-
-
-@cache
-def _event_insert() -> Insert:
-    table = JobEvent.__table__
-    assert isinstance(table, Table)
-    return insert(table)
-
-
 def add_events(
-    session: Session, job_id: int, events: Iterable[tuple[str | None, str]], now: datetime
+    session: Executor, job_id: int, events: Iterable[tuple[str | None, str]], now: datetime
 ) -> None:
     add_events_many(session, ((job_id, step, message) for step, message in events), now)
 
 
-def add_events_many(session: Session, events: Iterable[tuple[int, str | None, str]], now: datetime) -> None:
+def add_events_many(session: Executor, events: Iterable[tuple[int, str | None, str]], now: datetime) -> None:
     rows = [
         {"job_id": job_id, "occurred_at": now, "step": step, "message": message[:MAX_MESSAGE]}
         for job_id, step, message in events
     ]
     if rows:
-        session.execute(_event_insert(), rows)
+        session.execute(event_insert(), rows)
 
 
-def _cancel_held(session: Session, job: ClaimedJob, step: str, now: datetime) -> None:
+def _cancel_held(session: Executor, job: ClaimedJob, step: str, now: datetime) -> None:
     session.execute(
         update(Job)
         .where(Job.id == job.id)
@@ -389,7 +306,7 @@ class Transition:
 
 
 def finish_step(
-    session: Session,
+    session: Executor,
     job: ClaimedJob,
     outcome: Outcome,
     *,
@@ -531,7 +448,7 @@ def reap_expired(session: Session, *, now: datetime, limit: int = 500) -> list[i
     )
     statement = (
         update(Job)
-        .where(_locked_ids(session, candidates))
+        .where(locked_ids(session, Job.id, candidates))
         .values(
             status=case((cancelled, JobStatus.CANCELLED.value), else_=JobStatus.QUEUED.value),
             finished_at=case((cancelled, now), else_=None),

@@ -27,6 +27,9 @@ ENTRY_POINT_GROUP = "sslclm.tasks"
 NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,99}$")
 
 StepFunction = Callable[[StepContext], Outcome]
+# Called with the failing step's context and the error line when a job of the task ends failed or
+# cancelled, in the transaction that records it: the place to undo what earlier steps left behind.
+FailureHook = Callable[[StepContext, str], None]
 
 
 class UnknownTaskError(InvalidInputError):
@@ -52,6 +55,7 @@ class Task:
         self.name = _check_name(name, "task name")
         self.retry = retry
         self.steps: dict[str, StepFunction] = {FIRST_STEP: first}
+        self.failure_hook: FailureHook | None = None
         self.__doc__ = first.__doc__
 
     def step(self, name: str) -> Callable[[StepFunction], StepFunction]:
@@ -65,6 +69,18 @@ class Task:
             return function
 
         return register
+
+    def on_failure(self, hook: FailureHook) -> FailureHook:
+        """Registers ``hook`` to run when a job of this task ends failed or cancelled.
+
+        It runs in the transaction that records the end, so what it writes commits with it (delete
+        a key no certificate will use, mark the thing the job worked on as failed). It must not call
+        the outside world; if it raises, the error is logged and the job is recorded without it.
+        """
+        if self.failure_hook is not None:
+            raise ValueError(f"task {self.name!r} already has a failure hook")
+        self.failure_hook = hook
+        return hook
 
     def __repr__(self) -> str:
         return f"Task({self.name!r}, steps={list(self.steps)})"

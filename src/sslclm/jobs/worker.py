@@ -349,6 +349,7 @@ class Worker:
                 f"step '{job.step}' was interrupted {job.attempts - 1} times (worker stopped or stalled)",
                 retry_in=None,
                 note=f"gave up after {limit} attempts",
+                task=task,
             )
             return
         while True:
@@ -368,39 +369,61 @@ class Worker:
             )
             return None
         self._bump("steps")
-        session = Session(bind=self._connection(), expire_on_commit=False)
+        connection = self._connection()
+        context = StepContext(
+            job_id=job.id,
+            kind=job.kind,
+            step=job.step,
+            attempt=job.attempts,
+            payload=job.payload,
+            state=dict(job.state),
+            platform=self.platform,
+            now=self.platform.clock(),
+            connection=connection,
+            target=job.target,
+        )
         try:
-            context = StepContext(
-                job_id=job.id,
-                kind=job.kind,
-                step=job.step,
-                attempt=job.attempts,
-                payload=job.payload,
-                state=dict(job.state),
-                session=session,
-                platform=self.platform,
-                now=self.platform.clock(),
-                target=job.target,
-            )
             outcome = function(context)
-            transition = queue.finish_step(
-                session, job, outcome, events=context._events, now=self.platform.clock()
-            )
-            session.commit()
+            session = context.opened_session
+            if session is None:
+                with connection.begin():
+                    transition = queue.finish_step(
+                        connection, job, outcome, events=context.events, now=self.platform.clock()
+                    )
+            else:
+                transition = queue.finish_step(
+                    session, job, outcome, events=context.events, now=self.platform.clock()
+                )
+                session.commit()
         except queue.LeaseLostError:
-            session.rollback()
+            self._roll_back(context)
             self._bump("lease_lost")
             log.warning("worker %s: job %s step %s: lease lost, result discarded", self.id, job.id, job.step)
             return None
         except Exception as exc:
-            session.rollback()
+            self._roll_back(context)
             self._step_failed(task, job, exc)
             return None
         finally:
-            session.close()
+            if context.opened_session is not None:
+                context.opened_session.close()
         job.step, job.state, job.attempts = transition.step, transition.state, transition.attempts
         self._count(transition.status)
+        if transition.status == JobStatus.CANCELLED and task.failure_hook is not None:
+            # Cancelled right after a step that committed: undo what the job left behind, separately.
+            try:
+                with session_scope(self.platform.sessions) as cleanup:
+                    self._call_hook(task, job, cleanup, "cancelled on request")
+            except Exception as exc:
+                log.error("job %s (%s): failure hook failed after cancellation: %s", job.id, job.kind, exc)
         return transition.status
+
+    @staticmethod
+    def _roll_back(context: StepContext) -> None:
+        if context.opened_session is not None:
+            context.opened_session.rollback()
+        elif context.connection.in_transaction():
+            context.connection.rollback()
 
     def _step_failed(self, task: Task, job: queue.ClaimedJob, exc: Exception) -> None:
         decision = task.retry.decide(exc, job.attempts, job.max_attempts)
@@ -419,14 +442,66 @@ class Worker:
             log.error("job %s (%s) step %s failed", job.id, job.kind, job.step, exc_info=exc)
         else:
             log.info("job %s (%s) step %s failed: %s", job.id, job.kind, job.step, error)
-        self._fail(job, error, retry_in=decision.delay if decision.retry else None, note=decision.reason)
+        self._fail(
+            job, error, retry_in=decision.delay if decision.retry else None, note=decision.reason, task=task
+        )
 
-    def _fail(self, job: queue.ClaimedJob, error: str, *, retry_in: timedelta | None, note: str) -> None:
+    def _call_hook(self, task: Task, job: queue.ClaimedJob, session: Session, error: str) -> None:
+        assert task.failure_hook is not None
+        context = StepContext(
+            job_id=job.id,
+            kind=job.kind,
+            step=job.step,
+            attempt=job.attempts,
+            payload=job.payload,
+            state=dict(job.state),
+            platform=self.platform,
+            now=self.platform.clock(),
+            connection=session.connection(),
+            target=job.target,
+            opened_session=session,
+        )
+        task.failure_hook(context, error)
+        session.flush()
+
+    def _record_failure(
+        self, job: queue.ClaimedJob, error: str, retry_in: timedelta | None, note: str, task: Task | None
+    ) -> str:
+        """Records the failed try; a job that ended runs its task's failure hook in the same commit."""
+        hook_failed: Exception | None = None
         try:
             with session_scope(self.platform.sessions) as session:
                 status = queue.fail_step(
                     session, job, error, retry_in=retry_in, now=self.platform.clock(), note=note
                 )
+                if task is not None and task.failure_hook is not None and status in _ENDED:
+                    try:
+                        self._call_hook(task, job, session, error)
+                    except Exception as exc:
+                        hook_failed = exc
+                        raise
+        except Exception:
+            if hook_failed is None:
+                raise
+            log.error("job %s (%s): failure hook failed: %s", job.id, job.kind, hook_failed)
+            # The end of the job is recorded all the same, without what the hook would have changed.
+            with session_scope(self.platform.sessions) as session:
+                status = queue.fail_step(
+                    session, job, error, retry_in=retry_in, now=self.platform.clock(), note=note
+                )
+        return status
+
+    def _fail(
+        self,
+        job: queue.ClaimedJob,
+        error: str,
+        *,
+        retry_in: timedelta | None,
+        note: str,
+        task: Task | None = None,
+    ) -> None:
+        try:
+            status = self._record_failure(job, error, retry_in, note, task)
         except queue.LeaseLostError:
             self._bump("lease_lost")
             return
@@ -453,6 +528,7 @@ class Worker:
                 setattr(self.stats, counter, getattr(self.stats, counter) + amount)
 
 
+_ENDED = (JobStatus.FAILED.value, JobStatus.CANCELLED.value)
 _COUNTED = {
     JobStatus.SUCCEEDED.value: "succeeded",
     JobStatus.FAILED.value: "failed",

@@ -11,14 +11,11 @@ from typing import NamedTuple
 
 TAG_INTEGER = 0x02
 TAG_BIT_STRING = 0x03
-TAG_OCTET_STRING = 0x04
-TAG_NULL = 0x05
 TAG_OID = 0x06
 TAG_UTF8_STRING = 0x0C
 TAG_PRINTABLE_STRING = 0x13
 TAG_IA5_STRING = 0x16
 TAG_SEQUENCE = 0x30
-TAG_SET = 0x31
 
 
 class DerError(ValueError):
@@ -102,22 +99,6 @@ def encode_oid(dotted: str) -> bytes:
             arc >>= 7
         out.extend(reversed(chunk))
     return bytes(out)
-
-
-def decode_oid(value: bytes) -> str:
-    """Dotted string of an object identifier's DER value bytes."""
-    if not value or value[-1] & 0x80:
-        raise DerError("malformed OID")
-    arcs: list[int] = []
-    acc = 0
-    for byte in value:
-        acc = (acc << 7) | (byte & 0x7F)
-        if not byte & 0x80:
-            arcs.append(acc)
-            acc = 0
-    first = arcs[0]
-    head = [0, first] if first < 40 else [1, first - 40] if first < 80 else [2, first - 80]
-    return ".".join(str(a) for a in head + arcs[1:])
 
 
 class CertificateLayout(NamedTuple):

@@ -251,3 +251,45 @@ def check_connection(
         {"ok": result.ok, "message": result.message},
     )
     return result
+
+
+def http01_answer(session: Session, platform: Platform, token: str) -> bytes | None:
+    """The key authorization any enabled ACME connection has set up for ``token``, or None.
+
+    Each connection keeps its open http-01 challenges in its own state (written by whichever worker
+    runs the order), so the platform's one responder looks in each of them.
+    """
+    # Imported here: the acme library is only needed once a challenge is actually fetched.
+    from sslclm.connectors.acme import http01_response
+
+    rows = session.execute(
+        select(Connection.id, Connection.kind).where(
+            Connection.kind == ConnectorKind.CA_GATEWAY.value,
+            Connection.type_key == "acme",
+            Connection.enabled.is_(True),
+        )
+    ).all()
+    for connection_id, kind in rows:
+        answer = http01_response(
+            DatabaseStateStore(platform.sessions, f"{kind}:{connection_id}", platform.clock), token
+        )
+        if answer is not None:
+            return answer
+    return None
+
+
+def ensure_crl_url(
+    session: Session, ctx: AuditContext, platform: Platform, connection: Connection, base_url: str | None
+) -> None:
+    """Points a built-in CA's CRL distribution point at the platform's own CRL route under ``base_url``.
+
+    Without a base URL (the CLI with no ``SSLCLM_PUBLIC_URL``) the certificates carry no CRL URL;
+    setting ``crl_url`` later fixes it for certificates issued from then on.
+    """
+    if connection.type_key != "local" or connection.config.get("crl_url") or not base_url:
+        return
+    config = {
+        **connection.config,
+        "crl_url": f"{base_url.rstrip('/')}/api/v1/ca-connections/{connection.id}/crl",
+    }
+    update_connection(session, ctx, platform, connection, config)

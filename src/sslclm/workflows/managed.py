@@ -8,13 +8,13 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
-from sqlalchemy import select, update
+from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
 from sslclm.audit.service import AuditContext, record
 from sslclm.core.platform import Platform
 from sslclm.errors import ConflictError, InvalidInputError, NotFoundError
-from sslclm.inventory.models import Certificate
+from sslclm.inventory.models import Certificate, PrivateKey
 from sslclm.jobs import queue
 from sslclm.jobs.models import Job
 from sslclm.spi.types import RevocationReason
@@ -29,6 +29,9 @@ REVOKE_TASK = "certificate.revoke"
 # After a tick enqueues a renewal, the next attempt waits this long if that renewal fails.
 RETRY_RENEWAL_AFTER = timedelta(hours=1)
 TICK_BATCH = 5000
+# How far back the key sweep looks for ended issuance jobs; it runs hourly, so a day covers outages.
+SWEEP_LOOKBACK = timedelta(days=2)
+SWEEP_JOBS = 10_000
 
 
 class ManagedInput(BaseModel):
@@ -284,6 +287,35 @@ def enqueue_due_renewals(session: Session, *, now: datetime, limit: int = TICK_B
     return added
 
 
+def sweep_orphan_keys(session: Session, *, now: datetime) -> int:
+    """Deletes the keys of issuance jobs that ended failed or cancelled and that no certificate uses.
+
+    A failing job deletes its key itself (its failure hook); this catches the ways a job can end
+    without running it, such as an operator cancelling one that waits for its CA.
+    """
+    states = session.execute(
+        select(Job.state)
+        .where(
+            Job.kind == ISSUE_TASK,
+            Job.status.in_(("failed", "cancelled")),
+            Job.finished_at >= now - SWEEP_LOOKBACK,
+        )
+        .order_by(Job.id.desc())
+        .limit(SWEEP_JOBS)
+    ).scalars()
+    fingerprints = sorted({str(s["public_key_sha256"]) for s in states if s and s.get("public_key_sha256")})
+    deleted = 0
+    used = select(Certificate.id).where(Certificate.public_key_sha256 == PrivateKey.public_key_sha256)
+    for start in range(0, len(fingerprints), 900):
+        result = session.execute(
+            delete(PrivateKey)
+            .where(PrivateKey.public_key_sha256.in_(fingerprints[start : start + 900]), ~used.exists())
+            .execution_options(synchronize_session=False)
+        )
+        deleted += int(getattr(result, "rowcount", 0) or 0)
+    return deleted
+
+
 def describe(managed: ManagedCertificate) -> dict[str, Any]:
     return {
         "id": managed.id,
@@ -303,6 +335,8 @@ def describe(managed: ManagedCertificate) -> dict[str, Any]:
         "status_message": managed.status_message,
         "current_certificate_id": managed.current_certificate_id,
         "renew_at": managed.renew_at,
+        "ari_window_start": managed.ari_window_start,
+        "ari_window_end": managed.ari_window_end,
         "last_job_id": managed.last_job_id,
         "created_by": managed.created_by,
         "created_at": managed.created_at,

@@ -1,7 +1,11 @@
 """The issuance and revocation workflows as durable job steps.
 
-certificate.issue:  start (policy, approval) → key → csr → issue (→ collect while pending) → record
+certificate.issue:  start (policy, approval) → key → csr → issue (→ collect while pending) → record;
+                    when it ends failed or cancelled, its key is deleted unless a certificate uses it
 certificate.revoke: start (CA revoke) → record
+renewals.tick:      every minute, enqueues the renewals that have come due
+renewals.ari:       every six hours, asks ARI-capable CAs for their suggested renewal windows
+certificates.sweep-keys: hourly, deletes keys that ended issuance jobs left behind
 
 Each step makes one persisted change (see ``sslclm.jobs.registry.TaskRegistry.task`` for the
 contract). The key is generated and sealed in the same commit that moves the job on, so a worker
@@ -14,7 +18,7 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
 from sslclm.audit.service import AuditContext, record
@@ -26,7 +30,6 @@ from sslclm.jobs.steps import Done, Next, StepContext, Wait
 from sslclm.pki import (
     build_csr,
     certificate_to_pem,
-    extract_info,
     generate_private_key,
     load_bundle,
     load_private_key_der,
@@ -45,10 +48,11 @@ from sslclm.spi.types import (
     RevocationReason,
     RevokeRequest,
 )
+from sslclm.workflows.ari import ARI_BATCH, refresh_windows
 from sslclm.workflows.connections import build_ca_gateway
+from sslclm.workflows.managed import enqueue_due_renewals, sweep_orphan_keys
 from sslclm.workflows.models import Approval, Connection, Issuance, ManagedCertificate, Profile
 from sslclm.workflows.names import check_allowed
-from sslclm.workflows.managed import enqueue_due_renewals
 from sslclm.workflows.planner import policy_for, renewal_time
 
 DEFAULT_POLL = timedelta(seconds=30)
@@ -202,7 +206,7 @@ def record_issued(ctx: StepContext) -> Done:
         str(c).encode() for c in ctx.state.get("chain_pem", [])
     )
     bundle = load_bundle(pem, filename="issued")
-    infos = [extract_info(cert) for cert in bundle.certificates]
+    infos = bundle.infos()
     leaf = infos[0]
     if leaf.public_key_sha256 != ctx.state["public_key_sha256"]:
         raise InvalidInputError("the CA returned a certificate for a different key")
@@ -240,14 +244,14 @@ def record_issued(ctx: StepContext) -> Done:
     managed.current_certificate_id = certificate_id
     managed.status = "active"
     managed.status_message = None
+    # An ARI window belongs to the certificate it was asked for; the new one gets its own at the next
+    # ARI refresh, and until then the planner falls back to a share of the lifetime.
+    managed.ari_window_start = managed.ari_window_end = None
     managed.renew_at = renewal_time(
         not_before=leaf.not_before,
         not_after=leaf.not_after,
         policy=policy_for(managed, profile.renewal_mode, profile.renewal_value),
         seed=f"{managed.id}:{leaf.fingerprint_sha256}",
-        ari_window=(managed.ari_window_start, managed.ari_window_end)
-        if managed.ari_window_start and managed.ari_window_end
-        else None,
     )
     managed.updated_at = ctx.now
     record(
@@ -268,6 +272,37 @@ def record_issued(ctx: StepContext) -> Done:
             "fingerprint_sha256": leaf.fingerprint_sha256,
             "not_after": leaf.not_after.isoformat(),
         }
+    )
+
+
+@start_issue.on_failure
+def issue_failed(ctx: StepContext, error: str) -> None:
+    """Deletes the job's key unless a certificate uses it, and says on the managed certificate why."""
+    session = ctx.session
+    fingerprint = ctx.state.get("public_key_sha256")
+    if fingerprint:
+        in_use = session.execute(
+            select(Certificate.id).where(Certificate.public_key_sha256 == str(fingerprint)).limit(1)
+        ).first()
+        if in_use is None:
+            session.execute(delete(PrivateKey).where(PrivateKey.public_key_sha256 == str(fingerprint)))
+    managed = session.get(ManagedCertificate, int(ctx.payload["managed_id"]))
+    if managed is None:
+        return
+    reason = str(ctx.payload.get("reason", "enroll"))
+    if managed.current_certificate_id is None:
+        managed.status = "failed"
+    elif managed.status in ("issuing", "awaiting-approval"):
+        managed.status = "active"  # the current certificate is still there and valid
+    managed.status_message = f"{reason} failed (job {ctx.job_id}): {error}"[:2000]
+    managed.updated_at = ctx.now
+    record(
+        session,
+        _audit(ctx),
+        "certificate.issue-failed",
+        "managed_certificate",
+        managed.id,
+        {"job_id": ctx.job_id, "step": ctx.step, "reason": reason, "error": error},
     )
 
 
@@ -327,3 +362,27 @@ def renewal_tick(ctx: StepContext) -> Done:
     """Enqueues the renewals that have come due (one tick per minute across every scheduler)."""
     enqueued = enqueue_due_renewals(ctx.session, now=ctx.now)
     return Done({"enqueued": enqueued})
+
+
+@periodic(every=timedelta(hours=6))
+@task("renewals.ari")
+def ari_refresh(ctx: StepContext) -> Next | Done:
+    """Asks ARI-capable CAs for the renewal window of each managed certificate in ARI mode.
+
+    One batch per step, so a fleet of any size is worked through in short transactions; a CA that
+    cannot be reached is skipped until the next run, and its certificates keep their planned time.
+    """
+    summary = refresh_windows(
+        ctx.session, ctx.platform, now=ctx.now, after_id=int(ctx.state.get("after_id", 0)), limit=ARI_BATCH
+    )
+    totals = {key: int(ctx.state.get(key, 0)) + value for key, value in summary.counts.items()}
+    if summary.last_id is not None:
+        return Next("start", {"after_id": summary.last_id, **totals})
+    return Done(totals)
+
+
+@periodic(every=timedelta(hours=1))
+@task("certificates.sweep-keys")
+def sweep_keys(ctx: StepContext) -> Done:
+    """Deletes keys of issuance jobs that ended without a certificate (e.g. cancelled while pending)."""
+    return Done({"deleted": sweep_orphan_keys(ctx.session, now=ctx.now)})

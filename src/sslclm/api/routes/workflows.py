@@ -18,6 +18,8 @@ from sslclm.spi.types import RevocationReason
 from sslclm.workflows import approvals, connections, managed, planner, profiles
 
 router = APIRouter(tags=["issuance"])
+# Served outside /api/v1, where ACME servers look for http-01 answers (RFC 8555 8.3).
+challenge_router = APIRouter(tags=["acme"])
 CanRead = Depends(require(Permission.CERT_READ))
 CanIssue = Depends(require(Permission.CERT_ISSUE))
 CanConfigure = Depends(require(Permission.CONNECTION_MANAGE))
@@ -80,11 +82,10 @@ def create_ca_connection(
         type_key=body.type,
         config=body.config,
     )
-    if row.type_key == "local" and not row.config.get("crl_url"):
-        # The built-in CA publishes its CRL here; certificates carry this URL as their CRL distribution point.
-        base = (platform.settings.public_url or str(request.base_url)).rstrip("/")
-        config = {**body.config, "crl_url": f"{base}/api/v1/ca-connections/{row.id}/crl"}
-        connections.update_connection(session, ctx, platform, row, config)
+    # The built-in CA publishes its CRL here; certificates carry this URL as their CRL distribution point.
+    connections.ensure_crl_url(
+        session, ctx, platform, row, platform.settings.public_url or str(request.base_url)
+    )
     session.commit()
     return json_response(_connection(row), status_code=201)
 
@@ -310,3 +311,15 @@ def renewals_forecast(
     session: SessionDep, platform: PlatformDep, days: Annotated[int, Query(ge=1, le=366)] = 90
 ) -> Response:
     return json_response(planner.forecast(session, now=platform.clock(), days=days))
+
+
+@challenge_router.get(
+    "/.well-known/acme-challenge/{token}",
+    summary="ACME http-01 responder (public: the ACME server fetches it without credentials)",
+    response_class=Response,
+)
+def acme_http01(token: str, session: SessionDep, platform: PlatformDep) -> Response:
+    answer = connections.http01_answer(session, platform, token)
+    if answer is None:
+        return Response(b"no such challenge\n", status_code=404, media_type="text/plain")
+    return Response(answer, media_type="application/octet-stream")

@@ -1,0 +1,100 @@
+"""Portable SQL pieces of the job tables: insert-or-ignore, skip-locked picking, prebuilt statements.
+
+SQLite and PostgreSQL both speak ``INSERT ... ON CONFLICT DO NOTHING`` and ``UPDATE ... RETURNING``;
+only row locking differs (SQLite has one write lock for the whole database, so it needs none).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from functools import cache
+from typing import Any
+
+from sqlalchemy import (
+    ColumnElement,
+    Insert,
+    Select,
+    Table,
+    TextClause,
+    Update,
+    bindparam,
+    insert,
+    select,
+    update,
+)
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import InstrumentedAttribute, Session
+
+from sslclm.errors import InvalidInputError
+from sslclm.jobs.models import Job, JobEvent, JobStatus
+
+
+def dialect_insert(session: Session, model: type[Any]) -> Any:
+    """The dialect's own ``insert`` (the one with ``on_conflict_do_nothing``)."""
+    name = session.get_bind().dialect.name
+    if name == "postgresql":
+        return postgresql.insert(model)
+    if name == "sqlite":
+        return sqlite.insert(model)
+    raise InvalidInputError(f"unsupported database dialect '{name}'")
+
+
+def insert_ignoring_conflict(
+    session: Session,
+    model: type[Any],
+    values: Mapping[str, Any],
+    conflict_columns: Sequence[str],
+    *,
+    returning: InstrumentedAttribute[Any],
+    where: ColumnElement[bool] | TextClause | None = None,
+) -> Any:
+    """``INSERT ... ON CONFLICT DO NOTHING RETURNING``: the new row's value, or None on a conflict."""
+    statement = (
+        dialect_insert(session, model)
+        .values(dict(values))
+        .on_conflict_do_nothing(index_elements=list(conflict_columns), index_where=where)
+        .returning(returning)
+    )
+    return session.execute(statement).scalar_one_or_none()
+
+
+def locked_ids(
+    session: Session, column: InstrumentedAttribute[int], candidates: Select[Any]
+) -> ColumnElement[bool]:
+    """``column IN (candidates)``; on PostgreSQL the candidates are row-locked, skipping locked rows."""
+    if session.get_bind().dialect.name == "postgresql":
+        # MATERIALIZED: the planner must run the locking SELECT once, not re-run it per outer row.
+        picked = candidates.with_for_update(skip_locked=True).cte("picked").prefix_with("MATERIALIZED")
+        return column.in_(select(picked.c[0]))
+    return column.in_(candidates)
+
+
+def _table(model: type[Any]) -> Table:
+    table = model.__table__
+    assert isinstance(table, Table)
+    return table
+
+
+@cache
+def held_update(columns: tuple[str, ...]) -> Update:
+    """The compare-and-set of a held job (id, lease token, running), built once per set of columns.
+
+    Built once and reused, the statement's compiled form stays in SQLAlchemy's cache: this runs
+    after every step of every job, and rebuilding it cost more than the database round trip.
+    """
+    table = _table(Job)
+    return (
+        update(table)
+        .where(
+            table.c.id == bindparam("_id"),
+            table.c.lease_owner == bindparam("_owner"),
+            table.c.status == JobStatus.RUNNING.value,
+        )
+        .values({name: bindparam(name, type_=table.c[name].type) for name in columns})
+        .returning(table.c.cancel_requested)
+    )
+
+
+@cache
+def event_insert() -> Insert:
+    return insert(_table(JobEvent))
