@@ -344,8 +344,21 @@ async def _sweep(port: int, concurrency: int) -> dict[str, float]:
         "refused": refused,
         "seconds": time.perf_counter() - started,
         "cpu_seconds": time.process_time() - cpu,
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_rss_mb": _peak_rss_mb(),
     }
+
+
+def _peak_rss_mb() -> float:
+    """This process's high-water RSS (VmHWM).
+
+    Not ``ru_maxrss``: Linux carries that across ``exec``, so a child started by a large parent
+    would report the parent's size.
+    """
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def _sweep_in_child(concurrency: int) -> Row:

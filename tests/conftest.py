@@ -9,12 +9,14 @@ from __future__ import annotations
 import base64
 import os
 import secrets
+import shutil
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from argon2 import PasswordHasher
 from fastapi.testclient import TestClient
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
@@ -22,8 +24,10 @@ from sqlalchemy.engine import make_url
 from sslclm.api.app import create_app
 from sslclm.audit.service import AuditContext
 from sslclm.auth import service as auth_service
+from sslclm.auth.secrets import use_password_hasher
 from sslclm.core.config import Settings
-from sslclm.core.db import session_scope
+from sslclm.core.db import create_db_engine, session_scope
+from sslclm.core.migrate import upgrade_database
 from sslclm.core.platform import Platform
 
 DEFAULT_PG_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
@@ -43,6 +47,12 @@ def _postgres_reason() -> str | None:
     return None
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _cheap_password_hashing() -> None:
+    # Production argon2 costs ~64 MB and tens of milliseconds per hash; tests create hundreds of users.
+    use_password_hasher(PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1))
+
+
 @pytest.fixture(scope="session")
 def postgres_admin_url() -> str:
     reason = _postgres_reason()
@@ -53,13 +63,35 @@ def postgres_admin_url() -> str:
     return PG_URL
 
 
-@pytest.fixture
-def postgres_url(postgres_admin_url: str) -> Iterator[str]:
-    """A fresh, empty database on the PostgreSQL server, dropped afterwards."""
-    name = f"sslclm_t_{uuid.uuid4().hex[:12]}"
+@pytest.fixture(scope="session")
+def postgres_template(postgres_admin_url: str) -> Iterator[str]:
+    """A database migrated once per run; each test gets a copy (CREATE DATABASE ... TEMPLATE)."""
+    name = f"sslclm_tmpl_{uuid.uuid4().hex[:12]}"
     admin = create_engine(postgres_admin_url, isolation_level="AUTOCOMMIT")
     with admin.connect() as connection:
         connection.execute(text(f'CREATE DATABASE "{name}"'))
+    engine = create_db_engine(
+        make_url(postgres_admin_url).set(database=name).render_as_string(hide_password=False)
+    )
+    try:
+        upgrade_database(engine)
+    finally:
+        engine.dispose()
+    try:
+        yield name
+    finally:
+        with admin.connect() as connection:
+            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@pytest.fixture
+def postgres_url(postgres_admin_url: str, postgres_template: str) -> Iterator[str]:
+    """A fresh database at the current schema, with no rows, dropped afterwards."""
+    name = f"sslclm_t_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(postgres_admin_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(text(f'CREATE DATABASE "{name}" TEMPLATE "{postgres_template}"'))
     try:
         yield make_url(postgres_admin_url).set(database=name).render_as_string(hide_password=False)
     finally:
@@ -68,10 +100,26 @@ def postgres_url(postgres_admin_url: str) -> Iterator[str]:
         admin.dispose()
 
 
+@pytest.fixture(scope="session")
+def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An SQLite file migrated once per run; each test copies it."""
+    path = tmp_path_factory.mktemp("sqlite-template") / "template.db"
+    engine = create_db_engine(f"sqlite:///{path}")
+    try:
+        upgrade_database(engine)
+        with engine.connect() as connection:
+            connection.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+    finally:
+        engine.dispose()
+    return path
+
+
 @pytest.fixture(params=["sqlite", "postgresql"])
 def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'sslclm.db'}"
+        target = tmp_path / "sslclm.db"
+        shutil.copyfile(request.getfixturevalue("sqlite_template"), target)
+        return f"sqlite:///{target}"
     url: str = request.getfixturevalue("postgres_url")
     return url
 

@@ -522,3 +522,48 @@ def test_prune_removes_finished_jobs_and_their_history(platform: Platform, clock
         assert session.get(Job, old) is None
         assert session.get(Job, kept) is not None
     assert history(platform, old) == []
+
+
+def test_failure_hook_runs_when_a_job_ends_failed_or_cancelled(platform: Platform) -> None:
+    registry = TaskRegistry()
+    calls: list[tuple[int, str, str]] = []
+
+    @registry.task("demo.hooked", retry=FixedDelay(max_attempts=1))
+    def hooked(ctx: StepContext) -> Next:
+        if ctx.payload.get("cancel"):
+            with session_scope(ctx.platform.sessions) as other:
+                queue.request_cancel(other, ctx.job_id, now=ctx.now)
+            return Next("never")
+        raise CARejectedError("refused")
+
+    @hooked.on_failure
+    def undo(ctx: StepContext, error: str) -> None:
+        calls.append((ctx.job_id, ctx.step, error))
+        # What the hook writes commits with the job's end.
+        enqueue(ctx.session, "demo.cleanup", {"after": ctx.job_id}, now=ctx.now)
+
+    @registry.task("demo.broken-hook", retry=FixedDelay(max_attempts=1))
+    def broken(ctx: StepContext) -> None:
+        raise CARejectedError("refused too")
+
+    @broken.on_failure
+    def broken_undo(ctx: StepContext, error: str) -> None:
+        enqueue(ctx.session, "demo.cleanup", {"after": ctx.job_id}, now=ctx.now)
+        raise RuntimeError("hook bug")
+
+    failed = add(platform, "demo.hooked")
+    cancelled = add(platform, "demo.hooked", {"cancel": True})
+    broken_job = add(platform, "demo.broken-hook")
+    drain(platform, registry)
+
+    assert sorted(calls) == [
+        (failed, "start", "ca-rejected: refused"),
+        (cancelled, "never", "cancelled on request"),
+    ]
+    assert load(platform, failed).status == JobStatus.FAILED
+    assert load(platform, cancelled).status == JobStatus.CANCELLED
+    job = load(platform, broken_job)  # the hook failed: the job's end is recorded without its writes
+    assert (job.status, job.last_error) == (JobStatus.FAILED, "ca-rejected: refused too")
+    with platform.sessions() as session:
+        cleanups = session.execute(select(Job).where(Job.kind == "demo.cleanup")).scalars()
+        assert sorted(job.payload["after"] for job in cleanups) == sorted([failed, cancelled])

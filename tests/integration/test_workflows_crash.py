@@ -29,7 +29,7 @@ from sslclm.workflows import connections, managed, profiles
 from sslclm.workflows.models import ConnectorStateEntry, Issuance, ManagedCertificate
 
 REPO = Path(__file__).resolve().parents[2]
-CERTIFICATES = 120
+CERTIFICATES = 60
 WORKER = "from sslclm.cli.main import main; main()"
 
 
@@ -78,9 +78,9 @@ def _declare(platform: Platform) -> None:
             platform,
             profiles.ProfileInput(name="fleet", ca_connection="local", validity_days=30),
         )
-    for start in range(0, CERTIFICATES, 40):
+    for start in range(0, CERTIFICATES, 30):
         with session_scope(platform.sessions) as session:
-            for n in range(start, min(start + 40, CERTIFICATES)):
+            for n in range(start, min(start + 30, CERTIFICATES)):
                 data = managed.ManagedInput(dns_names=[f"host{n}.crash.example"], profile="fleet")
                 managed.create_managed(session, ctx, platform, data)
 

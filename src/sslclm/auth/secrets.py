@@ -12,6 +12,12 @@ TOKEN_PREFIX = "sslclm_"
 _hasher = PasswordHasher()
 
 
+def use_password_hasher(hasher: PasswordHasher) -> None:
+    """Replaces the argon2 parameters (hashes made earlier still verify: they carry their own)."""
+    global _hasher
+    _hasher = hasher
+
+
 def hash_password(password: str) -> str:
     return _hasher.hash(password)
 

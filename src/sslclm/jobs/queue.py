@@ -31,7 +31,7 @@ from sqlalchemy.orm import Session
 
 from sslclm.errors import ConflictError, InvalidInputError, NotFoundError, SslClmError
 from sslclm.jobs.models import ACTIVE_STATUSES, ACTIVE_WHERE, FINISHED_STATUSES, Job, JobEvent, JobStatus
-from sslclm.jobs.sql import dialect_insert, event_insert, held_update, locked_ids
+from sslclm.jobs.sql import event_insert, held_update, insert_jobs, locked_ids
 from sslclm.jobs.sql import insert_ignoring_conflict as insert_ignoring_conflict
 from sslclm.jobs.steps import MAX_MESSAGE, Done, Next, Outcome, Wait
 
@@ -182,15 +182,7 @@ def enqueue_many(session: Session, specs: Iterable[JobSpec], *, now: datetime) -
 
     Returns how many were added. For planners that enqueue thousands of renewals at once.
     """
-    rows = [_row(spec, now) for spec in specs]
-    if not rows:
-        return 0
-    statement = (
-        dialect_insert(session, Job)
-        .on_conflict_do_nothing(index_elements=["dedupe_key"], index_where=ACTIVE_WHERE)
-        .returning(Job.id)
-    )
-    return len(session.execute(statement, rows).all())
+    return insert_jobs(session, [_row(spec, now) for spec in specs])
 
 
 def claim(

@@ -7,9 +7,11 @@ only row locking differs (SQLite has one write lock for the whole database, so i
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
 from functools import cache
 from typing import Any
 
+import orjson
 from sqlalchemy import (
     ColumnElement,
     Insert,
@@ -20,13 +22,14 @@ from sqlalchemy import (
     bindparam,
     insert,
     select,
+    text,
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from sslclm.errors import InvalidInputError
-from sslclm.jobs.models import Job, JobEvent, JobStatus
+from sslclm.jobs.models import ACTIVE_WHERE, Job, JobEvent, JobStatus
 
 
 def dialect_insert(session: Session, model: type[Any]) -> Any:
@@ -98,3 +101,53 @@ def held_update(columns: tuple[str, ...]) -> Update:
 @cache
 def event_insert() -> Insert:
     return insert(_table(JobEvent))
+
+
+# One statement for any number of jobs on PostgreSQL: the rows travel as a few arrays, so the
+# driver parses a short statement once instead of one placeholder per value (14 per job).
+_PG_BULK_INSERT = text(
+    """
+    INSERT INTO jobs (kind, payload, status, step, state, attempts, max_attempts, priority, run_after,
+                      cancel_requested, dedupe_key, target, created_at, updated_at)
+    SELECT t.kind, CAST(t.payload AS json), :status, :step, CAST('{}' AS json), 0, t.max_attempts,
+           t.priority, t.run_after, false, t.dedupe_key, t.target, :now, :now
+    FROM unnest(CAST(:kinds AS text[]), CAST(:payloads AS text[]), CAST(:max_attempts AS integer[]),
+                CAST(:priorities AS integer[]), CAST(:run_afters AS timestamp[]),
+                CAST(:dedupe_keys AS text[]), CAST(:targets AS text[]))
+         WITH ORDINALITY AS t(kind, payload, max_attempts, priority, run_after, dedupe_key, target, n)
+    ORDER BY t.n
+    ON CONFLICT (dedupe_key) WHERE status IN ('queued', 'running', 'waiting') DO NOTHING
+    RETURNING id
+    """
+)
+
+
+def _naive_utc(value: datetime) -> datetime:
+    return value.astimezone(UTC).replace(tzinfo=None) if value.tzinfo is not None else value
+
+
+def insert_jobs(session: Session, rows: Sequence[Mapping[str, Any]]) -> int:
+    """Inserts job rows (all with the same ``created_at``), skipping active dedupe keys; returns how many."""
+    if not rows:
+        return 0
+    if session.get_bind().dialect.name != "postgresql":
+        statement = (
+            dialect_insert(session, Job)
+            .on_conflict_do_nothing(index_elements=["dedupe_key"], index_where=ACTIVE_WHERE)
+            .returning(Job.id)
+        )
+        return len(session.execute(statement, list(rows)).all())
+    first = rows[0]
+    params = {
+        "status": first["status"],
+        "step": first["step"],
+        "now": _naive_utc(first["created_at"]),
+        "kinds": [row["kind"] for row in rows],
+        "payloads": [orjson.dumps(row["payload"]).decode() for row in rows],
+        "max_attempts": [row["max_attempts"] for row in rows],
+        "priorities": [row["priority"] for row in rows],
+        "run_afters": [_naive_utc(row["run_after"]) for row in rows],
+        "dedupe_keys": [row["dedupe_key"] for row in rows],
+        "targets": [row["target"] for row in rows],
+    }
+    return len(session.execute(_PG_BULK_INSERT, params).all())

@@ -20,6 +20,8 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
+import spnego
+import spnego.exceptions
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
@@ -53,6 +55,7 @@ class AdcsApp(App):
         templates: tuple[str, ...] = ("WebServer",),
         approval_templates: tuple[str, ...] = ("WebServerApproval",),
         ntlm: bool = False,
+        pending_polls: int = 0,
     ) -> None:
         super().__init__()
         self.ca = ca
@@ -61,6 +64,8 @@ class AdcsApp(App):
         self.templates = templates
         self.approval_templates = approval_templates
         self.ntlm = ntlm
+        self.pending_polls = pending_polls  # fetches of a pending request before the fake issues it itself
+        self.polls: dict[int, int] = {}
         self.database: dict[int, AdcsRequest] = {}
         self._next_id = 16
         self._ids = threading.Lock()
@@ -109,8 +114,6 @@ class AdcsApp(App):
         return response
 
     def _ntlm_step(self, request: Request, header: str) -> Response | None:
-        import spnego
-
         token = base64.b64decode(header.split(" ", 1)[1])
         context: Any = request.connection_state.get("ntlm")
         if context is None:
@@ -207,6 +210,10 @@ class AdcsApp(App):
         row = self.database.get(int(req_id)) if req_id.isdigit() else None
         if row is None:
             return _disposition(f"Cannot find the certificate request {req_id}.")
+        if row.status == "pending" and self.pending_polls:
+            self.polls[row.request_id] = self.polls.get(row.request_id, 0) + 1
+            if self.polls[row.request_id] > self.pending_polls:
+                self.approve(row.request_id)
         if row.status == "issued" and row.certificate is not None:
             return _pkix(row.certificate, encoding)
         return _disposition(row.message)

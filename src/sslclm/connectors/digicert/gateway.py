@@ -47,8 +47,9 @@ from sslclm.spi.ca import CHAIN
 
 from .config import DigiCertConfig
 from .ledger import CheckedCsr, Ledger, OrderRecord, check_request, key_id, split_pems
-from .transport import VENDOR, Transport, verify_setting
+from .transport import Transport, verify_setting
 
+VENDOR = "DigiCert"
 PENDING = frozenset({"pending", "needs_approval", "processing", "waiting_pickup", "reissue_pending"})
 REFUSED = frozenset({"rejected", "canceled", "denied"})
 REASONS: dict[RevocationReason, str] = {
@@ -80,6 +81,8 @@ class DigiCertGateway(CAGateway):
 
     def _transport(self) -> Transport:
         return Transport(
+            vendor=VENDOR,
+            credentials="api_key",
             base_url=self.settings.api_url,
             headers={
                 "X-DC-DEVKEY": self.settings.api_key.get_secret_value(),

@@ -139,8 +139,8 @@ class Ledger:
         raise ConnectorError(
             f"an earlier attempt to order this certificate from {self.vendor} was interrupted before the CA "
             f"answered, so it may have placed an order; to avoid a duplicate nothing is ordered again. Look "
-            f"for an order with the comment 'sslclm:{key[:16]}' at {self.vendor}, cancel it or let it "
-            "issue, then request the certificate again",
+            f"for the request marked 'sslclm:{key[:16]}' at {self.vendor}, cancel it or let it issue, "
+            "then request the certificate again",
             retryable=False,
             marker=f"sslclm:{key[:16]}",
         )

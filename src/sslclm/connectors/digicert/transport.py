@@ -1,12 +1,12 @@
-"""HTTPS calls to CertCentral, with every failure turned into the SSL-CLM error the platform acts on.
+"""HTTPS calls to a CA's REST API, with every failure turned into the SSL-CLM error the platform acts on.
 
-- the server answered 401/403: :class:`CARejectedError` naming the API key (retrying will not help);
+- the server answered 401/403: :class:`CARejectedError` naming the credentials (retrying will not help);
 - 429: one wait of ``Retry-After`` seconds when that is short, then :class:`CAUnavailableError` carrying
   ``retry_after_seconds``; 408 and 5xx: :class:`CAUnavailableError`; other 4xx: :class:`CARejectedError`
-  with CertCentral's own messages;
+  with the CA's own messages;
 - no answer: :class:`CAUnavailableError`. ``request_sent=False`` when the connection failed before the
-  request left (refused, DNS, TLS handshake), ``outcome_unknown=True`` when it may have reached
-  CertCentral (read timeout, connection dropped) — an order placed then may exist;
+  request left (refused, DNS, TLS handshake), ``outcome_unknown=True`` when it may have reached the
+  CA (read timeout, connection dropped) — an order placed then may exist;
 - a 2xx body that is not the JSON the API promises: non-retryable :class:`ConnectorError`
   (``outcome_unknown=True``, since the server did act on the request).
 """
@@ -20,11 +20,10 @@ from pathlib import Path
 from typing import Any
 
 import requests
+import requests.auth
 from urllib3.exceptions import ConnectTimeoutError, MaxRetryError, NewConnectionError
 
 from sslclm.errors import CARejectedError, CAUnavailableError, ConnectorError, InvalidInputError, SslClmError
-
-VENDOR = "DigiCert"
 
 
 def verify_setting(ca_bundle: str | None, data_dir: Path) -> bool | str:
@@ -58,18 +57,18 @@ def _never_sent(exc: requests.exceptions.RequestException) -> bool:
     return isinstance(reason, NewConnectionError | ConnectTimeoutError)
 
 
-def transport_error(exc: requests.exceptions.RequestException, action: str) -> SslClmError:
+def transport_error(exc: requests.exceptions.RequestException, action: str, vendor: str) -> SslClmError:
     if isinstance(exc, requests.exceptions.SSLError):
         return CAUnavailableError(
-            f"{action}: TLS with {VENDOR} failed ({_first_line(exc)}); check ca_bundle", request_sent=False
+            f"{action}: TLS with {vendor} failed ({_first_line(exc)}); check ca_bundle", request_sent=False
         )
     if isinstance(exc, requests.exceptions.ConnectionError | requests.exceptions.Timeout):
         if _never_sent(exc):
             return CAUnavailableError(
-                f"{action}: cannot reach {VENDOR} ({_first_line(exc)})", request_sent=False
+                f"{action}: cannot reach {vendor} ({_first_line(exc)})", request_sent=False
             )
         return CAUnavailableError(
-            f"{action}: {VENDOR} did not answer ({_first_line(exc)})", outcome_unknown=True
+            f"{action}: {vendor} did not answer ({_first_line(exc)})", outcome_unknown=True
         )
     return ConnectorError(f"{action}: {_first_line(exc)}", retryable=False, request_sent=False)
 
@@ -83,7 +82,8 @@ def retry_after_seconds(response: requests.Response) -> float | None:
 
 
 def vendor_messages(response: requests.Response) -> tuple[str, list[str]]:
-    """CertCentral's error messages and codes (``{"errors": [{"code", "message"}]}``)."""
+    """The CA's error messages and codes: ``{"errors": [{"code", "message"}]}`` (DigiCert, Entrust) or
+    ``{"code", "description"}`` (Sectigo)."""
     try:
         body = response.json()
         errors = body.get("errors") if isinstance(body, dict) else None
@@ -91,18 +91,20 @@ def vendor_messages(response: requests.Response) -> tuple[str, list[str]]:
             texts = [str(e.get("message") or e.get("code")) for e in errors if isinstance(e, dict)]
             codes = [str(e.get("code")) for e in errors if isinstance(e, dict) and e.get("code")]
             return "; ".join(texts), codes
+        if isinstance(body, dict) and body.get("description"):
+            return str(body["description"]), [str(body.get("code"))]
     except ValueError:
         pass
     return (response.reason or f"HTTP {response.status_code}"), []
 
 
-def http_error(response: requests.Response, action: str) -> SslClmError:
+def http_error(response: requests.Response, action: str, vendor: str, credentials: str) -> SslClmError:
     status = response.status_code
     text, codes = vendor_messages(response)
-    where = f"{action}: {VENDOR} answered HTTP {status}"
+    where = f"{action}: {vendor} answered HTTP {status}"
     if status in (401, 403):
         return CARejectedError(
-            f"{where} ({text}); check api_key and its permissions", http_status_code=status
+            f"{where} ({text}); check {credentials} and its permissions", http_status_code=status
         )
     if status == 429:
         wait = retry_after_seconds(response)
@@ -115,13 +117,13 @@ def http_error(response: requests.Response, action: str) -> SslClmError:
     return CARejectedError(f"{where}: {text}", http_status_code=status, vendor_codes=codes)
 
 
-def json_of(response: requests.Response, action: str) -> Any:
+def json_of(response: requests.Response, action: str, vendor: str) -> Any:
     try:
         return response.json()
     except ValueError:
         kind = response.headers.get("Content-Type", "no content type")
         raise ConnectorError(
-            f"{action}: {VENDOR} answered {kind} instead of the JSON of its API; check api_url",
+            f"{action}: {vendor} answered {kind} instead of the JSON of its API; check the URL",
             retryable=False,
             outcome_unknown=True,
         ) from None
@@ -134,13 +136,21 @@ class Transport:
     def __init__(
         self,
         *,
+        vendor: str,
+        credentials: str,
         base_url: str,
         headers: Mapping[str, str],
         verify: bool | str,
         timeout: float,
         max_rate_limit_wait: float,
+        auth: requests.auth.AuthBase | tuple[str, str] | None = None,
+        cert: tuple[str, str] | None = None,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
+        self.vendor = vendor
+        self.credentials = credentials  # named in the message when the CA refuses them
+        self.auth = auth
+        self.cert = cert
         self.base_url = base_url
         self.headers = dict(headers)
         self.verify = verify
@@ -156,6 +166,7 @@ class Transport:
         action: str,
         body: Any = None,
         params: Mapping[str, str | int] | None = None,
+        data: Mapping[str, str] | None = None,
     ) -> requests.Response:
         for attempt in (1, 2):
             try:
@@ -164,12 +175,15 @@ class Transport:
                     self.base_url + path,
                     headers=self.headers,
                     json=body,
+                    data=data,
                     params=params,
                     timeout=self.timeout,
                     verify=self.verify,
+                    auth=self.auth,
+                    cert=self.cert,
                 )
             except requests.exceptions.RequestException as exc:
-                raise transport_error(exc, action) from None
+                raise transport_error(exc, action, self.vendor) from None
             if response.status_code == 429 and attempt == 1:
                 wait = retry_after_seconds(response)
                 if wait is not None and wait <= self.max_rate_limit_wait:
@@ -177,9 +191,9 @@ class Transport:
                     self.sleep(wait)
                     continue
             if response.status_code >= 400:
-                raise http_error(response, action)
+                raise http_error(response, action, self.vendor, self.credentials)
             return response
         raise AssertionError("unreachable")  # pragma: no cover
 
     def json(self, method: str, path: str, *, action: str, **kwargs: Any) -> Any:
-        return json_of(self.call(method, path, action=action, **kwargs), action)
+        return json_of(self.call(method, path, action=action, **kwargs), action, self.vendor)
