@@ -166,11 +166,12 @@ def test_wrong_password_unreachable_and_garbage(
     assert app.database == {}
     assert_valid_issuance(gateway, request, key, gateway.issue(request))
     app.fail_next("garbage", path="/certsrv/certfnsh.asp")
+    lost, _ = new_issue_request(NAMES, idempotency_key="h")
     with pytest.raises(ConnectorError, match="not an AD CS Web Enrollment page") as garbage:
-        gateway.issue(new_issue_request(NAMES, idempotency_key="h")[0])
+        gateway.issue(lost)
     assert not garbage.value.retryable
     with pytest.raises(ConnectorError, match="sslclm:"):
-        gateway.issue(new_issue_request(NAMES, idempotency_key="h")[0])
+        gateway.issue(lost)
 
 
 def test_unreachable_site(app: AdcsApp, tls: TlsMaterial, tmp_path: Path) -> None:

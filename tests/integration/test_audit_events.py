@@ -65,6 +65,12 @@ def test_filters(client: TestClient, api_users: dict[str, ApiUser]) -> None:
     tokens = all_pages(client, auditor, target_type="api_token")
     assert len(tokens) == 4
     assert all_pages(client, auditor, actor="nobody-at-all") == []
+    # A user's actions through a token count as theirs; the filter is not a pattern.
+    by_admin = all_pages(client, auditor, actor="admin-user")
+    assert [event["action"] for event in by_admin] == ["user.update"]
+    assert all_pages(client, auditor, actor=by_admin[0]["actor"]) == by_admin
+    assert all_pages(client, auditor, actor="admin%") == []
+    assert all_pages(client, auditor, actor="admin_user") == []
 
     everything = all_pages(client, auditor)
     middle = everything[len(everything) // 2]

@@ -338,7 +338,7 @@ def test_renewal_with_a_foreign_certificate_or_the_wrong_key_is_refused(
     with pytest.raises(InvalidInputError) as caught:
         gateway.renew(issued.certificate_pem, foreign.key_pem)
     assert caught.value.field == "key_pem"
-    assert list((gateway.context.data_dir / "renew").iterdir()) == []  # no key left on disk
+    assert list((gateway.context.data_dir / "mtls").iterdir()) == []  # no key left on disk
 
 
 def test_an_unreachable_ca_is_unavailable(step_ca: StepCA, tmp_path: Path) -> None:

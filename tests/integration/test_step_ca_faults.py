@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from sslclm.connectors.step_ca import StepCaGateway, StepCaConfig
+from sslclm.connectors.step_ca import StepCaConfig, StepCaGateway
 from sslclm.errors import CAUnavailableError, ConnectorError
 from sslclm.pki import (
     certificate_to_pem,

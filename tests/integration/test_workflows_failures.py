@@ -202,9 +202,17 @@ def test_an_unreachable_ca_is_retried_then_fails_with_the_reason(
     assert_nothing_half_done(platform)
 
 
+GARBAGE = {
+    "a web page": ("text/html", b"<html><body>Welcome to nginx!</body></html>", "Content-Type: text/html"),
+    "JSON, not a directory": ("application/json", b'{"hello": "world"}', "is not an ACME directory"),
+    "truncated JSON": ("application/json", b'{"newNonce": "https://', "fetch directory: Unexpected response"),
+}
+
+
 @pytest.fixture
-def garbage_ca(tmp_path: Path) -> Iterator[tuple[str, str]]:
-    """An HTTPS server that answers every request with a web page: no ACME at all."""
+def garbage_ca(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[tuple[str, str]]:
+    """An HTTPS server that answers every request with the same ``GARBAGE`` instead of ACME."""
+    content_type, body, _ = GARBAGE[request.param]
     ca_key, ca_cert = create_ca("Garbage Test CA")
     key, cert = issue_server_certificate(ca_key, ca_cert, hostnames=["localhost"], ip_addresses=["127.0.0.1"])
     (tmp_path / "cert.pem").write_bytes(certificate_to_pem(cert))
@@ -214,9 +222,8 @@ def garbage_ca(tmp_path: Path) -> Iterator[tuple[str, str]]:
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
-            body = b"<html><body>Welcome to nginx!</body></html>"
             self.send_response(200)
-            self.send_header("Content-Type", "text/html")
+            self.send_header("Content-Type", content_type)
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
             self.wfile.write(body)
@@ -236,8 +243,13 @@ def garbage_ca(tmp_path: Path) -> Iterator[tuple[str, str]]:
     thread.join(timeout=5)
 
 
+@pytest.mark.parametrize("garbage_ca", list(GARBAGE), indirect=True)
 def test_a_ca_answering_garbage_fails_at_once(
-    client: TestClient, api_users: dict[str, ApiUser], platform: Platform, garbage_ca: tuple[str, str]
+    client: TestClient,
+    api_users: dict[str, ApiUser],
+    platform: Platform,
+    garbage_ca: tuple[str, str],
+    request: pytest.FixtureRequest,
 ) -> None:
     admin, operator = api_users["admin"].headers, api_users["operator"].headers
     url, bundle = garbage_ca
@@ -248,7 +260,8 @@ def test_a_ca_answering_garbage_fails_at_once(
     run_jobs(platform)
     job, managed = outcome(client, operator, created)
     assert job["status"] == "failed" and job["attempts"] == 1, job  # garbage does not improve with time
-    assert "not valid ACME" in job["last_error"] or "not an ACME directory" in job["last_error"], job
+    expected = GARBAGE[request.node.callspec.params["garbage_ca"]][2]
+    assert job["last_error"].startswith("connector: ") and expected in job["last_error"], job
     assert managed["status"] == "failed"
     with platform.sessions() as session:
         assert (

@@ -18,7 +18,9 @@ class AuditQuery(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    actor: str | None = Field(default=None, max_length=255)
+    actor: str | None = Field(
+        default=None, max_length=255, description="A user: what they did in a session or with any token."
+    )
     action: str | None = Field(default=None, max_length=64)
     target_type: str | None = Field(default=None, max_length=64)
     target_id: str | None = Field(default=None, max_length=255)

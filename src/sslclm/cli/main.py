@@ -7,6 +7,7 @@ errors), never a traceback: an operator's script can test the status and a perso
 from __future__ import annotations
 
 import errno
+import os
 import sys
 from collections.abc import Callable, Sequence
 from typing import Annotated, Any
@@ -39,6 +40,15 @@ def _validation_message(exc: pydantic.ValidationError) -> str:
     return f"{field.replace('_', '-')}: {message}" if field else message
 
 
+def _silence_stdout() -> None:
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):  # no real file descriptor (e.g. under a test runner)
+        pass
+
+
 def run_guarded(invoke: Callable[[], Any]) -> int:
     """Runs a command (in non-standalone mode) and turns every outcome into an exit status."""
     try:
@@ -64,12 +74,18 @@ def run_guarded(invoke: Callable[[], Any]) -> int:
         return _fail("interrupted", EXIT_INTERRUPTED)
     except OSError as exc:
         if exc.errno == errno.EPIPE:
-            # The reader went away (`sslclm certs list | head`): nothing left to tell anyone.
+            # The reader went away (`sslclm certs export | head`): nothing left to tell anyone, and
+            # the interpreter's final flush must not complain about the closed pipe either.
+            _silence_stdout()
             return EXIT_ERROR
         where = f": {exc.filename}" if exc.filename else ""
         return _fail(f"{exc.strerror or exc}{where}", EXIT_ERROR)
     except Exception as exc:
-        return _fail(f"unexpected {type(exc).__name__}: {exc}", EXIT_ERROR)
+        if os.environ.get("SSLCLM_DEBUG") == "1":
+            raise  # a developer chasing a bug wants the traceback
+        return _fail(
+            f"unexpected {type(exc).__name__}: {exc} (SSLCLM_DEBUG=1 shows the traceback)", EXIT_ERROR
+        )
     return result if isinstance(result, int) else 0
 
 
@@ -142,5 +158,11 @@ def _print_version(value: bool) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    command = typer.main.get_command(build_app())
-    command.main(args=argv, prog_name="sslclm")
+    # Guarded too: a command module that fails to load must not print a traceback either.
+    sys.exit(
+        run_guarded(
+            lambda: typer.main.get_command(build_app()).main(
+                args=argv, prog_name="sslclm", standalone_mode=False
+            )
+        )
+    )

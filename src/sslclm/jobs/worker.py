@@ -17,6 +17,8 @@ import socket
 import threading
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 from itertools import count
@@ -26,7 +28,6 @@ from typing import TYPE_CHECKING
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
-from sslclm.core.db import session_scope
 from sslclm.errors import SslClmError
 from sslclm.jobs import queue
 from sslclm.jobs.models import JobStatus
@@ -170,6 +171,7 @@ class Worker:
         for thread in self._executors:
             thread.start()
         log.info("worker %s: %d threads, kinds: %s", self.id, self.concurrency, ", ".join(kinds) or "-")
+        # Dead workers' jobs are looked for twice per lease (at least every 10 s), not at every poll.
         reap_every = min(self.lease.total_seconds() / 2, 10.0)
         next_reap = 0.0
         self._next_heartbeat = 0.0
@@ -186,8 +188,7 @@ class Worker:
                     claimed = self._claim(kinds)
                     if now >= next_reap:
                         reaped = self._reap()
-                        # Idle workers look for dead workers' jobs at every poll, busy ones less often.
-                        next_reap = now + (self.poll_interval if claimed == [] else reap_every)
+                        next_reap = now + reap_every
                     if self.scheduler is not None:
                         scheduled = len(self.scheduler.tick())
                         self._bump("scheduled", scheduled)
@@ -203,6 +204,7 @@ class Worker:
                 self._wake.wait(self.poll_interval)
         finally:
             self._shut_down()
+            self._close_connection()
         return self.stats
 
     def _shut_down(self) -> None:
@@ -242,7 +244,7 @@ class Worker:
         if not kinds:
             return []
         token = f"{self.id}#{next(self._claims)}"
-        with session_scope(self.platform.sessions) as session:
+        with self._unit() as session:
             claimed = queue.claim(
                 session,
                 owner=token,
@@ -268,11 +270,11 @@ class Worker:
         if held:
             # A job missing from the renewed set either just finished or was taken over; a taken-over
             # job's next write is refused by its compare-and-set, so nothing more is needed here.
-            with session_scope(self.platform.sessions) as session:
+            with self._unit() as session:
                 queue.heartbeat(session, held, lease=self.lease, now=self.platform.clock())
 
     def _reap(self) -> int:
-        with session_scope(self.platform.sessions) as session:
+        with self._unit() as session:
             reaped = queue.reap_expired(session, now=self.platform.clock())
         if reaped:
             self._bump("reaped", len(reaped))
@@ -283,7 +285,7 @@ class Worker:
         if not jobs:
             return
         try:
-            with session_scope(self.platform.sessions) as session:
+            with self._unit() as session:
                 self._bump("released", queue.release(session, jobs, now=self.platform.clock()))
         except Exception as exc:
             log.error(
@@ -303,7 +305,7 @@ class Worker:
     # -- the executing side ----------------------------------------------------------------------
 
     def _connection(self) -> Connection:
-        """This executor's own connection: no pool checkout, ping or reset per step."""
+        """This thread's own connection: no pool checkout, ping or reset per transaction."""
         connection: Connection | None = getattr(self._local, "connection", None)
         if connection is not None and connection.invalidated:
             # The database went away under it (a restart, a failover): start afresh.
@@ -313,13 +315,33 @@ class Worker:
             self._local.connection = connection
         return connection
 
+    def _close_connection(self) -> None:
+        connection: Connection | None = getattr(self._local, "connection", None)
+        if connection is not None:
+            connection.close()
+            self._local.connection = None
+
+    @contextmanager
+    def _unit(self) -> Iterator[Session]:
+        """One transaction on this thread's own connection, committed unless it raises."""
+        connection = self._connection()
+        if connection.in_transaction():
+            connection.rollback()  # never join whatever an interrupted caller left open
+        session = Session(bind=connection, expire_on_commit=False)
+        try:
+            yield session
+            session.commit()
+        except BaseException:
+            session.rollback()
+            raise
+        finally:
+            session.close()
+
     def _execute_loop(self) -> None:
         try:
             self._execute_jobs()
         finally:
-            connection: Connection | None = getattr(self._local, "connection", None)
-            if connection is not None:
-                connection.close()
+            self._close_connection()
 
     def _execute_jobs(self) -> None:
         while True:
@@ -386,10 +408,12 @@ class Worker:
             outcome = function(context)
             session = context.opened_session
             if session is None:
-                with connection.begin():
-                    transition = queue.finish_step(
-                        connection, job, outcome, events=context.events, now=self.platform.clock()
-                    )
+                if not connection.in_transaction():
+                    connection.begin()
+                transition = queue.finish_step(
+                    connection, job, outcome, events=context.events, now=self.platform.clock()
+                )
+                connection.commit()
             else:
                 transition = queue.finish_step(
                     session, job, outcome, events=context.events, now=self.platform.clock()
@@ -412,7 +436,7 @@ class Worker:
         if transition.status == JobStatus.CANCELLED and task.failure_hook is not None:
             # Cancelled right after a step that committed: undo what the job left behind, separately.
             try:
-                with session_scope(self.platform.sessions) as cleanup:
+                with self._unit() as cleanup:
                     self._call_hook(task, job, cleanup, "cancelled on request")
             except Exception as exc:
                 log.error("job %s (%s): failure hook failed after cancellation: %s", job.id, job.kind, exc)
@@ -470,7 +494,7 @@ class Worker:
         """Records the failed try; a job that ended runs its task's failure hook in the same commit."""
         hook_failed: Exception | None = None
         try:
-            with session_scope(self.platform.sessions) as session:
+            with self._unit() as session:
                 status = queue.fail_step(
                     session, job, error, retry_in=retry_in, now=self.platform.clock(), note=note
                 )
@@ -485,7 +509,7 @@ class Worker:
                 raise
             log.error("job %s (%s): failure hook failed: %s", job.id, job.kind, hook_failed)
             # The end of the job is recorded all the same, without what the hook would have changed.
-            with session_scope(self.platform.sessions) as session:
+            with self._unit() as session:
                 status = queue.fail_step(
                     session, job, error, retry_in=retry_in, now=self.platform.clock(), note=note
                 )

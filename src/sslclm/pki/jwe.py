@@ -35,7 +35,7 @@ _CONTENT_KEY_SIZES = {"A128GCM": 16, "A192GCM": 24, "A256GCM": 32}
 
 def _b64decode(part: str, what: str, field: str) -> bytes:
     try:
-        return base64.urlsafe_b64decode(part + "=" * (-len(part) % 4))
+        return base64.b64decode(part + "=" * (-len(part) % 4), altchars=b"-_", validate=True)
     except (binascii.Error, ValueError):
         raise InvalidInputError(f"the JWE's {what} is not base64url", field=field) from None
 

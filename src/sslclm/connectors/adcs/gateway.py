@@ -40,10 +40,10 @@ from sslclm.spi import (
 )
 from sslclm.spi.base import CHECK
 from sslclm.spi.ca import CHAIN
+from sslclm.spi.ledger import Ledger, OrderRecord, check_request, key_id, split_pems
+from sslclm.spi.rest import Transport, verify_setting
 
 from .config import AdcsConfig
-from .ledger import Ledger, OrderRecord, check_request, key_id, split_pems
-from .transport import Transport, verify_setting
 
 VENDOR = "AD CS"
 _ISSUED = re.compile(r"certnew\.cer\?ReqID=(\d+)&")

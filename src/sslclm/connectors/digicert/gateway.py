@@ -44,10 +44,10 @@ from sslclm.spi import (
 )
 from sslclm.spi.base import CHECK
 from sslclm.spi.ca import CHAIN
+from sslclm.spi.ledger import CheckedCsr, Ledger, OrderRecord, check_request, key_id, split_pems
+from sslclm.spi.rest import Transport, verify_setting
 
 from .config import DigiCertConfig
-from .ledger import CheckedCsr, Ledger, OrderRecord, check_request, key_id, split_pems
-from .transport import Transport, verify_setting
 
 VENDOR = "DigiCert"
 PENDING = frozenset({"pending", "needs_approval", "processing", "waiting_pickup", "reissue_pending"})

@@ -48,10 +48,10 @@ from sslclm.spi import (
 )
 from sslclm.spi.base import CHECK
 from sslclm.spi.ca import CHAIN
+from sslclm.spi.ledger import Ledger, OrderRecord, check_request, key_id, split_pems
+from sslclm.spi.rest import Transport, verify_setting
 
 from .config import EntrustConfig
-from .ledger import Ledger, OrderRecord, check_request, key_id, split_pems
-from .transport import Transport, verify_setting
 
 VENDOR = "Entrust"
 PENDING = frozenset({"PENDING", "PENDING_QUORUM", "APPROVED", "READY", "REISSUING", "RENEWING"})
@@ -311,7 +311,10 @@ class EntrustGateway(CAGateway):
         return ListIssuedResult(certificates=tuple(found), next_cursor=str(next_offset) if more else None)
 
     def _certificate_pem(self, transport: Transport, tracking_id: str, serial_hex: str) -> bytes:
-        known = self.ledger.known(int(serial_hex, 16))
+        try:
+            known = self.ledger.known(int(serial_hex.replace(":", ""), 16))
+        except ValueError:  # a serial the CA wrote oddly: download instead of looking it up
+            known = None
         if known is not None:
             return known[1]
         answer = transport.json("GET", f"/certificates/{tracking_id}", action="read the certificate")

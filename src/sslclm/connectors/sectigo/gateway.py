@@ -43,10 +43,10 @@ from sslclm.spi import (
 )
 from sslclm.spi.base import CHECK
 from sslclm.spi.ca import CHAIN
+from sslclm.spi.ledger import Ledger, OrderRecord, check_request, key_id, split_pems
+from sslclm.spi.rest import Transport, verify_setting
 
 from .config import SectigoConfig
-from .ledger import Ledger, OrderRecord, check_request, key_id, split_pems
-from .transport import Transport, verify_setting
 
 VENDOR = "Sectigo"
 BEING_PROCESSED = "-183"
@@ -322,7 +322,10 @@ class SectigoGateway(CAGateway):
         return ListIssuedResult(certificates=tuple(found), next_cursor=str(position + size) if more else None)
 
     def _certificate_pem(self, transport: Transport, ssl_id: str, serial_hex: str) -> bytes:
-        known = self.ledger.known(int(serial_hex.replace(":", ""), 16))
+        try:
+            known = self.ledger.known(int(serial_hex.replace(":", ""), 16))
+        except ValueError:  # a serial the CA wrote oddly: download instead of looking it up
+            known = None
         if known is not None:
             return known[1]
         response = transport.call("GET", f"/ssl/v1/collect/{ssl_id}/x509CO", action="collect")

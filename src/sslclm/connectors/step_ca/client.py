@@ -16,9 +16,9 @@ import os
 import ssl
 import tempfile
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +31,7 @@ from sslclm.errors import (
     CAUnavailableError,
     CertificateFormatError,
     ConnectorError,
+    InvalidInputError,
 )
 from sslclm.pki import certificate_to_pem, extract_info, load_bundle, load_certificate
 from sslclm.spi import ConnectorContext
@@ -79,11 +80,34 @@ class Trust:
 
     roots_pem: tuple[bytes, ...]
 
-    def ssl_context(self, client_cert: tuple[Path, Path] | None = None) -> ssl.SSLContext:
+    def ssl_context(self, identity: ClientIdentity | None = None) -> ssl.SSLContext:
         context = ssl.create_default_context(cadata="".join(pem.decode() for pem in self.roots_pem))
-        if client_cert is not None:
-            context.load_cert_chain(str(client_cert[0]), str(client_cert[1]))
+        if identity is not None:
+            identity.load_into(context)
         return context
+
+
+@dataclass(frozen=True, slots=True)
+class ClientIdentity:
+    """A certificate (with its chain) and its private key to present for mutual TLS."""
+
+    chain_pem: tuple[bytes, ...]
+    key_pem: bytes = field(repr=False)
+    scratch: Path  # owner-only files live here only while ``ssl`` loads them
+
+    def load_into(self, context: ssl.SSLContext) -> None:
+        """Raises ``InvalidInputError`` (field ``key_pem``) when the key does not load or is not the
+        certificate's.
+        """
+        # ``ssl`` reads certificates and keys only from files; they exist for the instant it takes.
+        with _owner_only_files(self.scratch, b"".join(self.chain_pem), self.key_pem) as (crt, key):
+            try:
+                context.load_cert_chain(str(crt), str(key))
+            except ssl.SSLError as exc:
+                raise InvalidInputError(
+                    f"the key does not go with the certificate ({exc.reason or 'unreadable'})",
+                    field="key_pem",
+                ) from None
 
 
 class StepCaClient:
@@ -145,9 +169,7 @@ class StepCaClient:
     def _bootstrap_root(self, pinned: str) -> bytes:
         # Unverified on purpose: nothing is trusted yet. The answer is accepted only if its SHA-256 is
         # the pinned fingerprint, which an attacker cannot forge.
-        response = self._send(
-            "bootstrap the root certificate", "GET", f"/root/{pinned}", verify=False, timeout=None
-        )
+        response = self._send("bootstrap the root certificate", "GET", f"/root/{pinned}", verify=False)
         body = _json(response, "bootstrap the root certificate")
         pem = body.get("ca") if isinstance(body, dict) else None
         if not isinstance(pem, str):
@@ -175,9 +197,9 @@ class StepCaClient:
         path: str,
         body: dict[str, Any] | None,
         *,
-        client_cert: tuple[Path, Path] | None = None,
+        identity: ClientIdentity | None = None,
     ) -> Any:
-        return _json(self._send(action, "POST", path, body=body, client_cert=client_cert), action)
+        return _json(self._send(action, "POST", path, body=body, identity=identity), action)
 
     def _send(
         self,
@@ -187,13 +209,12 @@ class StepCaClient:
         *,
         body: dict[str, Any] | None = None,
         verify: bool = True,
-        client_cert: tuple[Path, Path] | None = None,
-        timeout: float | None = None,
+        identity: ClientIdentity | None = None,
     ) -> httpx.Response:
         url = f"{self.settings.ca_url}{path}"
-        tls: ssl.SSLContext | bool = self.trust().ssl_context(client_cert) if verify else False
+        tls: ssl.SSLContext | bool = self.trust().ssl_context(identity) if verify else False
         try:
-            with httpx.Client(verify=tls, timeout=timeout or self.settings.request_timeout_seconds) as client:
+            with httpx.Client(verify=tls, timeout=self.settings.request_timeout_seconds) as client:
                 response = client.request(method, url, json=body)
         except httpx.TimeoutException:
             raise CAUnavailableError(
@@ -201,7 +222,7 @@ class StepCaClient:
             ) from None
         except httpx.HTTPError as exc:
             failure = _tls_failure(exc)
-            if failure is not None and client_cert is not None and _refuses_certificate(failure):
+            if failure is not None and identity is not None and _refuses_certificate(failure):
                 raise CARejectedError(
                     f"{action}: step-ca refused the client certificate ({_first_line(failure)}); it "
                     "accepts only its own unexpired certificates"
@@ -255,13 +276,13 @@ def _json(response: httpx.Response, action: str) -> Any:
 
 
 @contextmanager
-def client_certificate_files(directory: Path, chain_pem: Sequence[bytes], key_pem: bytes) -> Any:
-    """The certificate chain and key in owner-only files, as ``ssl`` needs paths; removed afterwards."""
+def _owner_only_files(directory: Path, chain: bytes, key: bytes) -> Iterator[tuple[Path, Path]]:
     directory.mkdir(parents=True, exist_ok=True)
     made: list[Path] = []
     try:
-        for suffix, content in (("crt", b"".join(chain_pem)), ("key", key_pem)):
-            handle, name = tempfile.mkstemp(prefix="step-renew-", suffix=f".{suffix}", dir=directory)
+        for suffix, content in (("crt", chain), ("key", key)):
+            # mkstemp creates the file with mode 0600.
+            handle, name = tempfile.mkstemp(prefix="step-client-", suffix=f".{suffix}", dir=directory)
             made.append(Path(name))
             with os.fdopen(handle, "wb") as file:
                 file.write(content)

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import ssl
 import threading
 from datetime import timedelta
 from typing import Any, ClassVar, cast
@@ -57,7 +56,7 @@ from sslclm.spi import (
 from sslclm.spi.base import CHECK
 from sslclm.spi.ca import CHAIN
 
-from .client import StepCaClient, client_certificate_files, directly_issued, split_pems
+from .client import ClientIdentity, StepCaClient, directly_issued, split_pems
 from .config import StepCaConfig
 from .tokens import ProvisionerKey, one_time_token
 
@@ -329,7 +328,8 @@ class StepCaGateway(CAGateway):
             state.put("chain", json.dumps([pem.decode() for pem in chain]).encode())
 
     def revoke(self, request: RevokeRequest) -> RevokeResult:
-        """Revoke passively (step-ca records it; its CRL lists it and it can no longer be renewed).
+        """Revoke passively: step-ca records it in its database, refuses to renew it from then on and,
+        in releases with a CRL, lists it there.
 
         The certificate must be one this step-ca issued: named by PEM, it must be signed by the CA's
         intermediate or root; named by serial alone, it must have been issued through this
@@ -405,14 +405,8 @@ class StepCaGateway(CAGateway):
             old = load_certificate(certificate_pem)
         except CertificateFormatError as exc:
             raise InvalidInputError(exc.message, field="certificate_pem") from None
-        chain = (certificate_pem, *chain_pem)
-        try:
-            with client_certificate_files(self.context.data_dir / "renew", chain, key_pem) as files:
-                answer = self.client.post_json("renew", "/1.0/renew", None, client_cert=files)
-        except ssl.SSLError as exc:  # the key does not load, or is not the certificate's
-            raise InvalidInputError(
-                f"the key does not go with the certificate ({type(exc).__name__})", field="key_pem"
-            ) from None
+        identity = ClientIdentity((certificate_pem, *chain_pem), key_pem, self.context.data_dir / "mtls")
+        answer = self.client.post_json("renew", "/1.0/renew", None, identity=identity)
         leaf, issued_chain = self._certificates(answer, "renew")
         renewed = load_certificate(leaf)
         if public_key_sha256(renewed) != public_key_sha256(old):

@@ -1,4 +1,4 @@
-"""HTTPS calls to a CA's REST API, with every failure turned into the SSL-CLM error the platform acts on.
+"""HTTPS calls to a CA's REST API for connectors, every failure turned into the error the platform acts on.
 
 - the server answered 401/403: :class:`CARejectedError` naming the credentials (retrying will not help);
 - 429: one wait of ``Retry-After`` seconds when that is short, then :class:`CAUnavailableError` carrying
