@@ -160,6 +160,7 @@ def test_https_first_start_then_restart_on_the_same_home(start: Start, tmp_path:
         == "Admin:       created user 'admin' with the password from SSLCLM_ADMIN_PASSWORD"
     )
     assert ADMIN_PASSWORD not in server.stdout + server.stderr
+    assert server.line("Jobs:") == "Jobs:        job worker and scheduler in this process"
 
     ca_file = fetch_ca(server.port, tmp_path / "downloaded-ca.pem")
     assert ca_file.read_bytes() == (home / "tls" / "internal-ca.pem").read_bytes()
@@ -230,6 +231,7 @@ def test_plain_http_only_when_asked(start: Start, tmp_path: Path) -> None:
     server = start(tmp_path / "home", "--http", "--no-worker", "--no-scheduler")
     assert server.line("Web UI:") == f"Web UI:      http://127.0.0.1:{server.port}/ui/"
     assert "CA cert:" not in server.stdout
+    assert server.line("Jobs:").startswith("Jobs:        none in this process")
     assert "warning: serving plain HTTP" in server.stderr
     with httpx.Client(base_url=f"http://127.0.0.1:{server.port}") as client:
         assert client.get("/api/v1/health").json()["status"] == "ok"

@@ -15,7 +15,7 @@ from fastapi.testclient import TestClient
 
 from conftest import ApiUser
 from sslclm.auth.bootstrap import AdminCredentials
-from sslclm.cli.serve import admin_lines, base_url
+from sslclm.cli.serve import admin_lines, base_url, jobs_line
 from sslclm.core.config import Settings
 from sslclm.core.platform import Platform
 from sslclm.core.tls import CA_KEY_AAD, ensure_server_tls, internal_ca_pem, server_names
@@ -127,6 +127,12 @@ def test_urls_and_admin_lines(settings: Settings) -> None:
     ]
     assert "existing account" in admin_lines(None)[0]
 
+    assert jobs_line(settings) == "job worker and scheduler in this process"
+    node = settings.model_copy(update={"embedded_worker": False})
+    assert jobs_line(node) == "scheduler in this process"
+    api_only = node.model_copy(update={"embedded_scheduler": False})
+    assert jobs_line(api_only).startswith("none in this process")
+
 
 def test_ca_pem_is_public_and_matches_the_file(platform: Platform, client: TestClient) -> None:
     response = client.get("/api/v1/system/ca.pem")
@@ -163,3 +169,10 @@ def test_serve_refuses_bad_options_before_touching_anything(tmp_path: Path) -> N
     assert result.exit_code == 2
     assert result.stderr.startswith("error: ") and "--port" in result.stderr
     assert not os.path.exists(home)
+
+
+def test_every_setting_is_in_the_configuration_reference() -> None:
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    reference = readme.split("## Configuration reference", 1)[1]
+    missing = [name for name in Settings.model_fields if f"`SSLCLM_{name.upper()}`" not in reference]
+    assert not missing, f"document these settings in the README's configuration reference: {missing}"

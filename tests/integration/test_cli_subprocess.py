@@ -173,18 +173,19 @@ def test_import_shows_progress_on_a_terminal(sslclm: Program, tmp_path: Path) ->
     os.close(follower)
     seen = b""
     deadline = time.monotonic() + 120
+    # Read until the terminal reports EOF/EIO: that happens only once the program has exited and
+    # everything it wrote has been drained, so the final frame of the bar is never missed.
     while time.monotonic() < deadline:
         ready, _, _ = select.select([leader], [], [], 1)
-        if ready:
-            try:
-                chunk = os.read(leader, 4096)
-            except OSError:  # the terminal closes when the program exits
-                break
-            if not chunk:
-                break
-            seen += chunk
-        elif process.poll() is not None:
+        if not ready:
+            continue
+        try:
+            chunk = os.read(leader, 4096)
+        except OSError:
             break
+        if not chunk:
+            break
+        seen += chunk
     os.close(leader)
     stdout, _ = process.communicate(timeout=60)
     assert process.returncode == 0

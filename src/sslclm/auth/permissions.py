@@ -24,6 +24,8 @@ class Permission(StrEnum):
     CERT_ISSUE = "cert:issue"  # enroll, renew, revoke, adopt managed certificates
     CONNECTION_MANAGE = "connection:manage"  # CA connections, stores, profiles
     APPROVE = "approval:decide"  # approve or reject another person's issuance request
+    POLICY_MANAGE = "policy:manage"  # policy sets and exemptions
+    NOTIFICATION_MANAGE = "notification:manage"  # notification channels and rules
 
 
 _READ = {Permission.CERT_READ}

@@ -1,4 +1,4 @@
-"""``sslclm serve``: the all-in-one front door (API, web UI, and later the embedded worker and scheduler)."""
+"""``sslclm serve``: the all-in-one front door (API, web UI, embedded job worker and scheduler)."""
 
 from __future__ import annotations
 
@@ -52,6 +52,17 @@ def admin_lines(creds: AdminCredentials | None) -> list[str]:
         f"Admin:       user '{creds.username}', initial password: {creds.password}",
         f"             (from {creds.password_file}; change it to make this reminder go away)",
     ]
+
+
+def jobs_line(settings: Settings) -> str:
+    running = [
+        name
+        for name, on in (("job worker", settings.embedded_worker), ("scheduler", settings.embedded_scheduler))
+        if on
+    ]
+    if not running:
+        return "none in this process (stateless API node; run `sslclm worker` elsewhere)"
+    return " and ".join(running) + " in this process"
 
 
 def check_port_free(host: str, port: int) -> None:
@@ -123,6 +134,7 @@ def register(app: typer.Typer) -> None:
             if tls is not None:
                 lines.append(f"CA cert:     {url}/api/v1/system/ca.pem (file: {tls.ca_file})")
             lines.extend(admin_lines(creds))
+            lines.append(f"Jobs:        {jobs_line(settings)}")
             typer.echo("\n".join(lines))
             if tls is None:
                 typer.echo(

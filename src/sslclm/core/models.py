@@ -8,9 +8,11 @@ from sslclm.core.db import Base
 from sslclm.discovery import models as discovery_models
 from sslclm.inventory import models as inventory_models
 from sslclm.jobs import models as jobs_models
+from sslclm.notifications import models as notifications_models
+from sslclm.policies import models as policies_models
 from sslclm.workflows import models as workflows_models
 
 __all__ = [
     "Base", "audit_models", "auth_models", "discovery_models", "inventory_models", "jobs_models",
-    "workflows_models",
+    "workflows_models", "notifications_models", "policies_models",
 ]

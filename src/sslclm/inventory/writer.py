@@ -219,6 +219,11 @@ def _cn_of(dn: str) -> str | None:
     return None
 
 
+def certificate_values(info: CertificateInfo, issuer_id: int, source: str, now: datetime) -> dict[str, Any]:
+    """The ``certificates`` row for ``info``, for a writer that inserts one certificate itself."""
+    return _certificate_row(info, issuer_id, source, now)
+
+
 def _certificate_row(info: CertificateInfo, issuer_id: int, source: str, now: datetime) -> dict[str, Any]:
     return {
         "fingerprint_sha256": info.fingerprint_sha256,

@@ -188,7 +188,7 @@ def _forget_instance(connection_id: int) -> None:
 
 
 def connector_context(platform: Platform, connection: Connection) -> ConnectorContext:
-    scope = f"{connection.kind}:{connection.id}"
+    scope = state_scope(connection)
     data_dir = platform.settings.home / "connectors" / str(connection.id)
     return ConnectorContext(
         connection_id=str(connection.id),
@@ -217,6 +217,26 @@ def build_connector(
     with _instances_lock:
         _instances[connection.id] = (connection.updated_at, instance)
     return instance
+
+
+def state_scope(connection: Connection) -> str:
+    """The key of a connection's own state in ``connector_state``."""
+    return f"{connection.kind}:{connection.id}"
+
+
+def ca_gateway_by_id(
+    platform: Platform, session: Session, connection_id: int, updated_at: datetime
+) -> CAGateway:
+    """The live gateway of CA connection ``connection_id``; its row is read only when not built yet."""
+    with _instances_lock:
+        cached = _instances.get(connection_id)
+    if cached is not None and cached[0] == updated_at:
+        gateway: CAGateway = cached[1]
+        return gateway
+    connection = session.get(Connection, connection_id)
+    if connection is None:
+        raise NotFoundError(f"CA connection {connection_id} no longer exists", field="ca_connection")
+    return build_ca_gateway(platform, connection)
 
 
 def build_ca_gateway(platform: Platform, connection: Connection) -> CAGateway:

@@ -1,43 +1,38 @@
 """The issuance and revocation workflows as durable job steps.
 
-certificate.issue:  start (policy, approval) → key → csr → issue (→ collect while pending) → record;
-                    when it ends failed or cancelled, its key is deleted unless a certificate uses it
+certificate.issue:  start (policy, approval; key and CSR) → issue (CA; record when issued, else wait
+                    → collect → record); when it ends failed or cancelled, its key is deleted unless a
+                    certificate uses it
 certificate.revoke: start (CA revoke) → record
 renewals.tick:      every minute, enqueues the renewals that have come due
 renewals.ari:       every six hours, asks ARI-capable CAs for their suggested renewal windows
 certificates.sweep-keys: hourly, deletes keys that ended issuance jobs left behind
 
 Each step makes one persisted change (see ``sslclm.jobs.registry.TaskRegistry.task`` for the
-contract). The key is generated and sealed in the same commit that moves the job on, so a worker
-killed at any moment neither loses a key nor leaves one behind; the CA is called with an
-idempotency key derived from the job, so a retried step never obtains a second certificate.
+contract). The key is generated and sealed in the same commit that moves the job on to the CA, so a
+worker killed at any moment neither loses a key nor leaves one behind. The CA is called with an
+idempotency key derived from the job, so a step retried after a crash gets the certificate the
+first try obtained, never a second one, and records it in the same commit that ends the job.
+(The ``key``, ``csr`` and ``record`` steps are the earlier, longer path, kept for jobs in flight.)
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import timedelta
-from typing import Any
 
-from sqlalchemy import delete, select, update
-from sqlalchemy.orm import Session
+from sqlalchemy import delete, select
 
 from sslclm.audit.service import AuditContext, record
 from sslclm.errors import InvalidInputError, NotFoundError
 from sslclm.inventory.models import Certificate, PrivateKey
-from sslclm.inventory.writer import InventoryWriter, ParsedFile, private_key_aad
 from sslclm.jobs.registry import periodic, task
 from sslclm.jobs.steps import Done, Next, StepContext, Wait
-from sslclm.pki import (
-    build_csr,
-    certificate_to_pem,
-    generate_private_key,
-    load_bundle,
-    load_private_key_der,
-    private_key_to_pkcs8_der,
-    public_key_sha256,
-)
+from sslclm.pki import SigningKey, build_csr, certificate_to_pem, generate_private_key
 from sslclm.pki.ca_tools import csr_to_pem
-from sslclm.spi.capabilities import Capability
+from sslclm.spi.ca import CAGateway
+from sslclm.spi.capabilities import Capability, ConnectorKind
 from sslclm.spi.registry import call
 from sslclm.spi.types import (
     CertificatePurpose,
@@ -49,11 +44,19 @@ from sslclm.spi.types import (
     RevokeRequest,
 )
 from sslclm.workflows.ari import ARI_BATCH, refresh_windows
-from sslclm.workflows.connections import build_ca_gateway
+from sslclm.workflows.connections import build_ca_gateway, ca_gateway_by_id
 from sslclm.workflows.managed import enqueue_due_renewals, sweep_orphan_keys
-from sslclm.workflows.models import Approval, Connection, Issuance, ManagedCertificate, Profile
+from sslclm.workflows.models import Approval, Connection, ManagedCertificate
 from sslclm.workflows.names import check_allowed
-from sslclm.workflows.planner import policy_for, renewal_time
+from sslclm.workflows.recording import (
+    Target,
+    current_key_fingerprint,
+    load_key,
+    load_target,
+    record_certificate,
+    store_key,
+)
+from sslclm.workflows.state_store import state_in_transaction
 
 DEFAULT_POLL = timedelta(seconds=30)
 PURPOSES = {
@@ -61,91 +64,104 @@ PURPOSES = {
     "client": (CertificatePurpose.CLIENT_AUTH,),
     "both": (CertificatePurpose.SERVER_AUTH, CertificatePurpose.CLIENT_AUTH),
 }
-
-
-def _managed(session: Session, payload: Any) -> tuple[ManagedCertificate, Profile]:
-    managed = session.get(ManagedCertificate, int(payload["managed_id"]))
-    if managed is None:
-        raise NotFoundError(f"managed certificate {payload['managed_id']} no longer exists")
-    profile = session.get(Profile, managed.profile_id)
-    if profile is None:
-        raise NotFoundError(f"profile {managed.profile_id} no longer exists")
-    return managed, profile
+# Gateways whose state is the platform's own data and that call nothing outside: their state writes
+# join the step's transaction (see ``state_in_transaction``).
+IN_TRANSACTION_TYPES = frozenset({"local"})
 
 
 def _audit(ctx: StepContext) -> AuditContext:
     return AuditContext(actor=f"job:{ctx.job_id}", request_id=None, source_address=None)
 
 
+def _target(ctx: StepContext) -> Target:
+    return load_target(ctx.session, int(ctx.payload["managed_id"]))
+
+
+def _await_approval(ctx: StepContext, target: Target) -> Wait | None:
+    """Parks the job until a second person decides; None once the request is approved."""
+    session = ctx.session
+    approval = session.execute(select(Approval).where(Approval.job_id == ctx.job_id)).scalar_one_or_none()
+    if approval is None:
+        session.add(
+            Approval(
+                managed_certificate_id=target.managed_id,
+                job_id=ctx.job_id,
+                requested_by=str(ctx.payload.get("requested_by") or "scheduler"),
+                requested_at=ctx.now,
+                status="pending",
+            )
+        )
+        managed = session.get(ManagedCertificate, target.managed_id)
+        assert managed is not None
+        managed.status = "awaiting-approval"
+        managed.updated_at = ctx.now
+        ctx.progress("waiting for a second person to approve")
+        return Wait(reason="awaiting approval")
+    if approval.status != "approved":
+        raise InvalidInputError(f"the request was {approval.status}")
+    return None
+
+
+def _key_for(ctx: StepContext, target: Target) -> tuple[SigningKey, str]:
+    """The key to certify: the current one under a reuse policy, else a new one, sealed in this step."""
+    if target.key_policy == "reuse" and target.current_certificate_id is not None:
+        fingerprint = current_key_fingerprint(ctx.session, target.current_certificate_id)
+        if fingerprint is not None:
+            ctx.progress("reusing the current key")
+            return load_key(ctx.session, ctx.platform, fingerprint), fingerprint
+    key = generate_private_key(target.key_type)
+    return key, store_key(ctx.session, ctx.platform, key, ctx.now)
+
+
+def _csr_pem(key: SigningKey, target: Target) -> str:
+    return csr_to_pem(build_csr(key, target.common_name, target.dns_names, target.ip_addresses)).decode()
+
+
 @task("certificate.issue")
 def start_issue(ctx: StepContext) -> Next | Wait:
-    """Checks the request against the profile, then waits for an approval when the profile needs one."""
-    session = ctx.session
-    managed, profile = _managed(session, ctx.payload)
-    check_allowed(managed.dns_names, managed.ip_addresses, profile.allowed_names, profile.name)
-    if profile.approval_required:
-        approval = session.execute(select(Approval).where(Approval.job_id == ctx.job_id)).scalar_one_or_none()
-        if approval is None:
-            session.add(
-                Approval(
-                    managed_certificate_id=managed.id,
-                    job_id=ctx.job_id,
-                    requested_by=str(ctx.payload.get("requested_by") or "scheduler"),
-                    requested_at=ctx.now,
-                    status="pending",
-                )
-            )
-            managed.status = "awaiting-approval"
-            managed.updated_at = ctx.now
-            ctx.progress("waiting for a second person to approve")
-            return Wait(reason="awaiting approval")
-        if approval.status != "approved":
-            raise InvalidInputError(f"the request was {approval.status}")
-    managed.status = "issuing" if managed.current_certificate_id is None else managed.status
-    return Next("key")
+    """Checks the request against the profile (waiting for an approval when it needs one), then
+    makes the key and the CSR; the sealed key commits with the move to the CA step."""
+    target = _target(ctx)
+    check_allowed(target.dns_names, target.ip_addresses, target.allowed_names, target.profile_name)
+    if target.approval_required:
+        parked = _await_approval(ctx, target)
+        if parked is not None:
+            return parked
+    key, fingerprint = _key_for(ctx, target)
+    return Next("issue", {"public_key_sha256": fingerprint, "csr_pem": _csr_pem(key, target)})
 
 
 @start_issue.step("key")
 def make_key(ctx: StepContext) -> Next:
-    """Generates the key (or reuses the current one) and seals it, in this step's commit."""
-    session = ctx.session
-    managed, profile = _managed(session, ctx.payload)
-    if managed.key_policy == "reuse" and managed.current_certificate_id is not None:
-        current = session.get(Certificate, managed.current_certificate_id)
-        if current is not None and current.has_private_key:
-            ctx.progress("reusing the current key")
-            return Next("csr", {"public_key_sha256": current.public_key_sha256})
-    key = generate_private_key(profile.key_type)
-    fingerprint = public_key_sha256(key)
-    session.add(
-        PrivateKey(
-            public_key_sha256=fingerprint,
-            encrypted_pkcs8=ctx.platform.envelope.encrypt(
-                private_key_to_pkcs8_der(key), private_key_aad(fingerprint)
-            ),
-            created_at=ctx.now,
-        )
-    )
-    ctx.progress(f"generated a {profile.key_type} key")
+    target = _target(ctx)
+    _, fingerprint = _key_for(ctx, target)
     return Next("csr", {"public_key_sha256": fingerprint})
-
-
-def _load_key(ctx: StepContext) -> Any:
-    fingerprint = ctx.state["public_key_sha256"]
-    sealed = ctx.session.execute(
-        select(PrivateKey.encrypted_pkcs8).where(PrivateKey.public_key_sha256 == fingerprint)
-    ).scalar_one()
-    return load_private_key_der(ctx.platform.envelope.decrypt(sealed, private_key_aad(fingerprint)))
 
 
 @start_issue.step("csr")
 def make_csr(ctx: StepContext) -> Next:
-    managed, _ = _managed(ctx.session, ctx.payload)
-    csr = build_csr(_load_key(ctx), managed.common_name, managed.dns_names, managed.ip_addresses)
-    return Next("issue", {"csr_pem": csr_to_pem(csr).decode()})
+    target = _target(ctx)
+    key = load_key(ctx.session, ctx.platform, str(ctx.state["public_key_sha256"]))
+    return Next("issue", {"csr_pem": _csr_pem(key, target)})
 
 
-def _after_ca(result: IssueResult, ctx: StepContext) -> Next | Wait:
+def _gateway(ctx: StepContext, target: Target) -> CAGateway:
+    return ca_gateway_by_id(ctx.platform, ctx.session, target.connection_id, target.connection_updated_at)
+
+
+@contextmanager
+def _ca_transaction(ctx: StepContext, target: Target, gateway: CAGateway) -> Iterator[None]:
+    if target.connection_type not in IN_TRANSACTION_TYPES:
+        yield
+        return
+    # The CA's own hierarchy is made (and committed) on its own, before anything joins this step.
+    gateway.get_chain()
+    with state_in_transaction(f"{ConnectorKind.CA_GATEWAY.value}:{target.connection_id}", ctx.session):
+        yield
+
+
+def _finish(ctx: StepContext, target: Target, result: IssueResult) -> Done | Wait:
+    """Waits for a pending CA; records an issued certificate in this step's commit."""
     if result.status is IssueStatus.PENDING:
         delay = result.retry_after or DEFAULT_POLL
         ctx.progress(f"the CA is working on it; asking again in {int(delay.total_seconds())} s")
@@ -153,125 +169,62 @@ def _after_ca(result: IssueResult, ctx: StepContext) -> Next | Wait:
             reason="pending at the CA", delay=delay, step="collect", state={"pending_ref": result.pending_ref}
         )
     assert result.certificate_pem is not None
-    chain = [pem.decode() for pem in result.chain_pem]
-    return Next("record", {"certificate_pem": result.certificate_pem.decode(), "chain_pem": chain})
+    return _record(ctx, target, result.certificate_pem.decode(), [pem.decode() for pem in result.chain_pem])
+
+
+def _record(ctx: StepContext, target: Target, certificate_pem: str, chain_pem: list[str]) -> Done:
+    outcome = record_certificate(
+        ctx.session,
+        ctx.platform,
+        target,
+        certificate_pem=certificate_pem,
+        chain_pem=chain_pem,
+        public_key=str(ctx.state["public_key_sha256"]),
+        job_id=ctx.job_id,
+        reason=str(ctx.payload.get("reason", "enroll")),
+        actor=_audit(ctx),
+        now=ctx.now,
+    )
+    return Done(
+        outcome, message=f"issued serial {outcome['serial']} by CA connection '{target.connection_name}'"
+    )
 
 
 @start_issue.step("issue")
-def ask_ca(ctx: StepContext) -> Next | Wait:
+def ask_ca(ctx: StepContext) -> Done | Wait:
     """Sends the CSR to the CA; the job id is the idempotency key, so a retry never issues twice."""
-    managed, profile = _managed(ctx.session, ctx.payload)
-    connection = ctx.session.get(Connection, profile.ca_connection_id)
-    if connection is None:
-        raise NotFoundError(f"CA connection {profile.ca_connection_id} no longer exists")
-    gateway = build_ca_gateway(ctx.platform, connection)
+    target = _target(ctx)
+    gateway = _gateway(ctx, target)
     request = IssueRequest(
         csr_pem=str(ctx.state["csr_pem"]).encode(),
         idempotency_key=f"sslclm-job-{ctx.job_id}",
-        names=(*managed.dns_names, *managed.ip_addresses),
-        common_name=managed.common_name,
-        validity_days=profile.validity_days,
-        purposes=PURPOSES.get(profile.purpose, PURPOSES["server"]),
-        profile=profile.options,
+        names=(*target.dns_names, *target.ip_addresses),
+        common_name=target.common_name,
+        validity_days=target.validity_days,
+        purposes=PURPOSES.get(target.purpose, PURPOSES["server"]),
+        profile=target.options,
     )
-    result: IssueResult = call(gateway, Capability.ISSUE, request)
-    ctx.progress(f"requested from CA connection '{connection.name}'")
-    return _after_ca(result, ctx)
+    with _ca_transaction(ctx, target, gateway):
+        result: IssueResult = call(gateway, Capability.ISSUE, request)
+    return _finish(ctx, target, result)
 
 
 @start_issue.step("collect")
-def collect_from_ca(ctx: StepContext) -> Next | Wait:
-    _, profile = _managed(ctx.session, ctx.payload)
-    connection = ctx.session.get(Connection, profile.ca_connection_id)
-    if connection is None:
-        raise NotFoundError(f"CA connection {profile.ca_connection_id} no longer exists")
-    gateway = build_ca_gateway(ctx.platform, connection)
+def collect_from_ca(ctx: StepContext) -> Done | Wait:
+    target = _target(ctx)
+    gateway = _gateway(ctx, target)
     collect = CollectRequest(
         pending_ref=str(ctx.state["pending_ref"]), idempotency_key=f"sslclm-job-{ctx.job_id}"
     )
-    result: IssueResult = call(
-        gateway,
-        Capability.ASYNC_ISSUE,
-        collect,
-    )
-    return _after_ca(result, ctx)
+    with _ca_transaction(ctx, target, gateway):
+        result: IssueResult = call(gateway, Capability.ASYNC_ISSUE, collect)
+    return _finish(ctx, target, result)
 
 
 @start_issue.step("record")
 def record_issued(ctx: StepContext) -> Done:
-    """Stores the certificate and its chain, links it to the managed certificate, plans its renewal."""
-    session = ctx.session
-    managed, profile = _managed(session, ctx.payload)
-    pem = str(ctx.state["certificate_pem"]).encode() + b"".join(
-        str(c).encode() for c in ctx.state.get("chain_pem", [])
-    )
-    bundle = load_bundle(pem, filename="issued")
-    infos = bundle.infos()
-    leaf = infos[0]
-    if leaf.public_key_sha256 != ctx.state["public_key_sha256"]:
-        raise InvalidInputError("the CA returned a certificate for a different key")
-    issued_names = set(leaf.sans)
-    missing = [n for n in managed.dns_names if f"DNS:{n}" not in issued_names]
-    if missing:
-        raise InvalidInputError(f"the CA left out requested names: {', '.join(missing)}")
-    connection = session.get(Connection, profile.ca_connection_id)
-    source = f"ca:{connection.name}" if connection else "ca"
-    writer = InventoryWriter(ctx.platform, source=source, sighting_kind="issuance")
-    written = writer.write(session, [ParsedFile(f"managed/{managed.name}", infos)], now=ctx.now)
-    certificate_id = written.certificate_ids[leaf.fingerprint_sha256]
-    session.execute(
-        update(Certificate)
-        .where(Certificate.id == certificate_id)
-        .values(has_private_key=True, owner=managed.owner, team=managed.team)
-    )
-    previous = managed.current_certificate_id
-    if previous is not None and previous != certificate_id:
-        session.execute(
-            update(Certificate).where(Certificate.id == previous).values(superseded_by_id=certificate_id)
-        )
-    existing = session.execute(select(Issuance.id).where(Issuance.job_id == ctx.job_id)).first()
-    if existing is None:
-        session.add(
-            Issuance(
-                managed_certificate_id=managed.id,
-                certificate_id=certificate_id,
-                job_id=ctx.job_id,
-                reason=str(ctx.payload.get("reason", "enroll")),
-                ca_connection_id=profile.ca_connection_id,
-                issued_at=ctx.now,
-            )
-        )
-    managed.current_certificate_id = certificate_id
-    managed.status = "active"
-    managed.status_message = None
-    # An ARI window belongs to the certificate it was asked for; the new one gets its own at the next
-    # ARI refresh, and until then the planner falls back to a share of the lifetime.
-    managed.ari_window_start = managed.ari_window_end = None
-    managed.renew_at = renewal_time(
-        not_before=leaf.not_before,
-        not_after=leaf.not_after,
-        policy=policy_for(managed, profile.renewal_mode, profile.renewal_value),
-        seed=f"{managed.id}:{leaf.fingerprint_sha256}",
-    )
-    managed.updated_at = ctx.now
-    record(
-        session,
-        _audit(ctx),
-        "certificate.issued",
-        "managed_certificate",
-        managed.id,
-        {
-            "certificate_id": certificate_id,
-            "fingerprint": leaf.fingerprint_sha256,
-            "reason": ctx.payload.get("reason"),
-        },
-    )
-    return Done(
-        {
-            "certificate_id": certificate_id,
-            "fingerprint_sha256": leaf.fingerprint_sha256,
-            "not_after": leaf.not_after.isoformat(),
-        }
+    return _record(
+        ctx, _target(ctx), str(ctx.state["certificate_pem"]), [str(c) for c in ctx.state.get("chain_pem", [])]
     )
 
 

@@ -1,0 +1,23 @@
+"""The notification sweep: queue new events in one step, deliver them in the next."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from sslclm.jobs import Done, Next, StepContext, periodic, task
+from sslclm.notifications.service import deliver_pending, queue_events
+
+SWEEP_TASK = "notifications.sweep"
+
+
+@periodic(every=timedelta(minutes=5))
+@task(SWEEP_TASK)
+def sweep(ctx: StepContext) -> Next:
+    """Queues a log row per new event; the unique event key makes a repeated sweep add nothing."""
+    return Next("deliver", state={"queued": queue_events(ctx.session, now=ctx.now)})
+
+
+@sweep.step("deliver")
+def deliver(ctx: StepContext) -> Done:
+    # Delivery records each outcome in its own transaction, so a crash mid-way resends at most one.
+    return Done({"queued": ctx.state.get("queued", 0), **deliver_pending(ctx.platform)})

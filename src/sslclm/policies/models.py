@@ -1,0 +1,85 @@
+"""Policy tables: policy sets, the violations they find, exemptions and per-certificate risk."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import JSON, Boolean, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy.orm import Mapped, mapped_column
+
+from sslclm.core.db import Base, UTCDateTime
+from sslclm.inventory.models import BigId
+
+
+class PolicySet(Base):
+    __tablename__ = "policy_sets"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    name: Mapped[str] = mapped_column(String(100), unique=True)
+    position: Mapped[int] = mapped_column(Integer, default=0)  # order among policy sets
+    scope_kind: Mapped[str] = mapped_column(String(16))
+    scope_value: Mapped[str | None] = mapped_column(String(255))
+    enabled: Mapped[bool] = mapped_column(Boolean, default=True)
+    document: Mapped[dict[str, Any]] = mapped_column(JSON)  # the validated document
+    source: Mapped[str] = mapped_column(Text)  # the text as submitted, comments included
+    created_by: Mapped[str] = mapped_column(String(255))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class PolicyViolation(Base):
+    """One check one certificate fails under one policy set, kept current by the evaluator."""
+
+    __tablename__ = "policy_violations"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    certificate_id: Mapped[int] = mapped_column(ForeignKey("certificates.id", ondelete="CASCADE"))
+    policy: Mapped[str] = mapped_column(String(100))  # policy set name ("baseline" when none is defined)
+    check: Mapped[str] = mapped_column(String(64))
+    severity: Mapped[str] = mapped_column(String(16))
+    severity_rank: Mapped[int] = mapped_column(Integer)
+    reason: Mapped[str] = mapped_column(Text)
+    exemption_id: Mapped[int | None] = mapped_column(ForeignKey("policy_exemptions.id", ondelete="SET NULL"))
+    first_seen: Mapped[datetime] = mapped_column(UTCDateTime)
+    # Last change of severity, reason or exemption; unchanged rows are not rewritten on each pass.
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+    __table_args__ = (
+        UniqueConstraint("certificate_id", "policy", "check"),
+        Index("ix_policy_violations_severity_id", "severity_rank", "id"),
+        Index("ix_policy_violations_check_id", "check", "id"),
+        Index("ix_policy_violations_policy_id", "policy", "id"),
+    )
+
+
+class PolicyExemption(Base):
+    """A justified, approved and expiring exception: matching violations stay listed but count for nothing."""
+
+    __tablename__ = "policy_exemptions"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    certificate_id: Mapped[int | None] = mapped_column(ForeignKey("certificates.id", ondelete="CASCADE"))
+    policy: Mapped[str | None] = mapped_column(String(100))  # None: every policy set
+    check: Mapped[str | None] = mapped_column(String(64))  # None: every check
+    justification: Mapped[str] = mapped_column(Text)
+    approver: Mapped[str] = mapped_column(String(255))
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+    created_by: Mapped[str] = mapped_column(String(255))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class CertificateRisk(Base):
+    """The latest risk score of a certificate (see ``sslclm.policies.risk``)."""
+
+    __tablename__ = "certificate_risk"
+
+    certificate_id: Mapped[int] = mapped_column(
+        ForeignKey("certificates.id", ondelete="CASCADE"), primary_key=True
+    )
+    score: Mapped[int] = mapped_column(Integer)
+    violations: Mapped[int] = mapped_column(Integer)
+    max_severity_rank: Mapped[int] = mapped_column(Integer)
+    evaluated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+    __table_args__ = (Index("ix_certificate_risk_score", "score", "certificate_id"),)

@@ -1,0 +1,337 @@
+"""What the issuance steps read and write, in as few statements as one certificate needs.
+
+Renewal is the platform's busiest path (a fleet renews thousands of certificates an hour), so a step
+loads its managed certificate, profile and CA connection in one query, and records an issued
+certificate with a handful of inserts instead of the general import writer (which is built for
+batches of files: issuer caches, key matching, re-sightings).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from functools import cache
+from typing import Any, cast
+
+from sqlalchemy import Select, bindparam, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from sslclm.audit.service import AuditContext, record
+from sslclm.core.platform import Platform
+from sslclm.errors import InvalidInputError, NotFoundError
+from sslclm.inventory.models import Certificate, Issuer, PrivateKey, Sighting
+from sslclm.inventory.writer import (
+    InventoryWriter,
+    ParsedFile,
+    certificate_values,
+    issuer_hash,
+    private_key_aad,
+)
+from sslclm.pki import (
+    CertificateInfo,
+    SigningKey,
+    compute_fingerprint,
+    extract_info,
+    load_certificate,
+    load_private_key_der,
+    private_key_to_pkcs8_der,
+    public_key_sha256,
+)
+from sslclm.workflows.models import Connection, Issuance, ManagedCertificate, Profile
+from sslclm.workflows.planner import RenewalPolicy, renewal_time
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """A managed certificate with its profile and CA connection, as one issuance needs them."""
+
+    managed_id: int
+    name: str
+    common_name: str
+    dns_names: tuple[str, ...]
+    ip_addresses: tuple[str, ...]
+    key_policy: str
+    status: str
+    current_certificate_id: int | None
+    owner: str | None
+    team: str | None
+    renewal_mode: str | None
+    renewal_value: float | None
+    profile_id: int
+    profile_name: str
+    allowed_names: tuple[str, ...]
+    approval_required: bool
+    key_type: str
+    validity_days: int
+    purpose: str
+    options: dict[str, Any]
+    profile_renewal_mode: str
+    profile_renewal_value: float
+    connection_id: int
+    connection_name: str
+    connection_type: str
+    connection_updated_at: datetime
+
+    @property
+    def policy(self) -> RenewalPolicy:
+        if self.renewal_mode:
+            return RenewalPolicy(self.renewal_mode, self.renewal_value or 1 / 3)
+        return RenewalPolicy(self.profile_renewal_mode, self.profile_renewal_value)
+
+    @property
+    def source(self) -> str:
+        return f"ca:{self.connection_name}"[:64]
+
+
+@cache
+def _target_query() -> Select[*tuple[Any, ...]]:
+    # Built once: its compiled form then stays in SQLAlchemy's cache for every step of every job.
+    return (
+        select(
+            ManagedCertificate.id,
+            ManagedCertificate.name,
+            ManagedCertificate.common_name,
+            ManagedCertificate.dns_names,
+            ManagedCertificate.ip_addresses,
+            ManagedCertificate.key_policy,
+            ManagedCertificate.status,
+            ManagedCertificate.current_certificate_id,
+            ManagedCertificate.owner,
+            ManagedCertificate.team,
+            ManagedCertificate.renewal_mode,
+            ManagedCertificate.renewal_value,
+            Profile.id,
+            Profile.name,
+            Profile.allowed_names,
+            Profile.approval_required,
+            Profile.key_type,
+            Profile.validity_days,
+            Profile.purpose,
+            Profile.options,
+            Profile.renewal_mode,
+            Profile.renewal_value,
+            Connection.id,
+            Connection.name,
+            Connection.type_key,
+            Connection.updated_at,
+        )
+        .join(Profile, Profile.id == ManagedCertificate.profile_id)
+        .join(Connection, Connection.id == Profile.ca_connection_id)
+        .where(ManagedCertificate.id == bindparam("managed_id"))
+    )
+
+
+def load_target(session: Session, managed_id: int) -> Target:
+    row = session.execute(_target_query(), {"managed_id": managed_id}).first()
+    if row is None:
+        raise NotFoundError(
+            f"managed certificate {managed_id} (or its profile or CA connection) no longer exists"
+        )
+    values = list(row)
+    for index in (3, 4, 14):  # JSON lists
+        values[index] = tuple(values[index] or ())
+    values[19] = dict(values[19] or {})
+    return Target(*values)
+
+
+def _insert(session: Session, table: Any) -> Any:
+    return (postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert)(table)
+
+
+def store_key(session: Session, platform: Platform, key: SigningKey, now: datetime) -> str:
+    """Seals and stores ``key``; returns its public key's SHA-256 (the name the job carries)."""
+    fingerprint = public_key_sha256(key)
+    sealed = platform.envelope.encrypt(private_key_to_pkcs8_der(key), private_key_aad(fingerprint))
+    session.execute(
+        _insert(session, PrivateKey.__table__)
+        .values(public_key_sha256=fingerprint, encrypted_pkcs8=sealed, created_at=now)
+        .on_conflict_do_nothing(index_elements=["public_key_sha256"])
+    )
+    return fingerprint
+
+
+def load_key(session: Session, platform: Platform, fingerprint: str) -> SigningKey:
+    """The stored key named by its public key's SHA-256, unsealed."""
+    sealed = session.execute(
+        select(PrivateKey.encrypted_pkcs8).where(PrivateKey.public_key_sha256 == fingerprint)
+    ).scalar_one_or_none()
+    if sealed is None:
+        raise NotFoundError(f"the key {fingerprint[:16]}… of this request is gone")
+    # Only signing keys are ever stored by the issuance steps (they made them).
+    return cast(
+        SigningKey, load_private_key_der(platform.envelope.decrypt(sealed, private_key_aad(fingerprint)))
+    )
+
+
+def current_key_fingerprint(session: Session, certificate_id: int) -> str | None:
+    """The current certificate's key fingerprint, when the platform holds that key (for key reuse)."""
+    row = session.execute(
+        select(Certificate.public_key_sha256, Certificate.has_private_key).where(
+            Certificate.id == certificate_id
+        )
+    ).first()
+    return str(row[0]) if row is not None and row[1] else None
+
+
+def _issuer_id(session: Session, info: CertificateInfo) -> int:
+    digest = issuer_hash(info.issuer)
+    found = session.execute(select(Issuer.id).where(Issuer.dn_hash == digest)).scalar_one_or_none()
+    if found is None:
+        session.execute(
+            _insert(session, Issuer.__table__)
+            .values(dn_hash=digest, dn=info.issuer, common_name=_common_name(info.issuer))
+            .on_conflict_do_nothing(index_elements=["dn_hash"])
+        )
+        found = session.execute(select(Issuer.id).where(Issuer.dn_hash == digest)).scalar_one()
+    return int(found)
+
+
+def _common_name(dn: str) -> str | None:
+    for part in dn.split(","):
+        name, _, value = part.partition("=")
+        if name.strip().upper() == "CN":
+            return value.strip()
+    return None
+
+
+def _ensure_chain(
+    session: Session, platform: Platform, target: Target, chain_pem: list[str], now: datetime
+) -> None:
+    """Puts the issuing CAs in the inventory the first time they are seen; later issuances skip them."""
+    if not chain_pem:
+        return
+    certificates = [load_certificate(pem.encode()) for pem in chain_pem]
+    infos = {compute_fingerprint(info.der): info for info in (extract_info(c) for c in certificates)}
+    known = set(
+        session.execute(
+            select(Certificate.fingerprint_sha256).where(Certificate.fingerprint_sha256.in_(list(infos)))
+        ).scalars()
+    )
+    missing = [info for fingerprint, info in infos.items() if fingerprint not in known]
+    if missing:
+        writer = InventoryWriter(platform, source=target.source, sighting_kind="issuance")
+        writer.write(session, [ParsedFile(f"ca/{target.connection_name}", missing)], now=now)
+
+
+def leaf_info(certificate_pem: str, *, public_key: str, target: Target) -> CertificateInfo:
+    """The issued certificate's facts, checked against what was asked for."""
+    info = extract_info(load_certificate(certificate_pem.encode()))
+    if info.public_key_sha256 != public_key:
+        raise InvalidInputError("the CA returned a certificate for a different key")
+    missing = [name for name in target.dns_names if f"DNS:{name}" not in info.sans]
+    if missing:
+        raise InvalidInputError(f"the CA left out requested names: {', '.join(missing)}")
+    return info
+
+
+def record_certificate(
+    session: Session,
+    platform: Platform,
+    target: Target,
+    *,
+    certificate_pem: str,
+    chain_pem: list[str],
+    public_key: str,
+    job_id: int,
+    reason: str,
+    actor: AuditContext,
+    now: datetime,
+) -> dict[str, Any]:
+    """Stores the issued certificate, links it to its managed certificate and plans its renewal.
+
+    All in the caller's transaction: the certificate, its sighting, the lineage row, the managed
+    certificate's new state and the audit event commit together or not at all.
+    """
+    info = leaf_info(certificate_pem, public_key=public_key, target=target)
+    _ensure_chain(session, platform, target, chain_pem, now)
+    row = certificate_values(info, _issuer_id(session, info), target.source, now)
+    row.update(has_private_key=True, owner=target.owner, team=target.team)
+    certificate_id = session.execute(
+        _insert(session, Certificate.__table__)
+        .values(row)
+        .on_conflict_do_nothing(index_elements=["fingerprint_sha256"])
+        .returning(Certificate.id)
+    ).scalar_one_or_none()
+    if certificate_id is None:
+        # Already in the inventory (discovered before it was recorded): claim it for this issuance.
+        certificate_id = session.execute(
+            select(Certificate.id).where(Certificate.fingerprint_sha256 == info.fingerprint_sha256)
+        ).scalar_one()
+        session.execute(
+            update(Certificate)
+            .where(Certificate.id == certificate_id)
+            .values(has_private_key=True, owner=target.owner, team=target.team, updated_at=now)
+        )
+    sighting = _insert(session, Sighting.__table__).values(
+        certificate_id=certificate_id,
+        kind="issuance",
+        location=f"managed/{target.name}",
+        source=target.source,
+        details={},
+        first_seen=now,
+        last_seen=now,
+    )
+    session.execute(
+        sighting.on_conflict_do_update(
+            index_elements=["certificate_id", "kind", "location"],
+            set_={"last_seen": sighting.excluded.last_seen},
+        )
+    )
+    previous = target.current_certificate_id
+    if previous is not None and previous != certificate_id:
+        session.execute(
+            update(Certificate)
+            .where(Certificate.id == previous)
+            .values(superseded_by_id=certificate_id, updated_at=now)
+        )
+    session.execute(
+        _insert(session, Issuance.__table__)
+        .values(
+            managed_certificate_id=target.managed_id,
+            certificate_id=certificate_id,
+            job_id=job_id,
+            reason=reason,
+            ca_connection_id=target.connection_id,
+            issued_at=now,
+        )
+        .on_conflict_do_nothing(index_elements=["job_id"])
+    )
+    renew_at = renewal_time(
+        not_before=info.not_before,
+        not_after=info.not_after,
+        policy=target.policy,
+        seed=f"{target.managed_id}:{info.fingerprint_sha256}",
+    )
+    session.execute(
+        update(ManagedCertificate)
+        .where(ManagedCertificate.id == target.managed_id)
+        .values(
+            current_certificate_id=certificate_id,
+            status="active",
+            status_message=None,
+            # An ARI window belongs to the certificate it was asked for; the new one gets its own at
+            # the next ARI refresh, and until then the planner falls back to a share of the lifetime.
+            ari_window_start=None,
+            ari_window_end=None,
+            renew_at=renew_at,
+            updated_at=now,
+        )
+    )
+    # Last: on PostgreSQL the audit append holds the log's lock until this transaction commits.
+    record(
+        session,
+        actor,
+        "certificate.issued",
+        "managed_certificate",
+        target.managed_id,
+        {"certificate_id": certificate_id, "fingerprint": info.fingerprint_sha256, "reason": reason},
+        occurred_at=now,
+    )
+    return {
+        "certificate_id": certificate_id,
+        "fingerprint_sha256": info.fingerprint_sha256,
+        "serial": info.serial,
+        "not_after": info.not_after.isoformat(),
+        "renew_at": renew_at.isoformat(),
+    }
