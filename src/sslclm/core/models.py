@@ -13,6 +13,13 @@ from sslclm.policies import models as policies_models
 from sslclm.workflows import models as workflows_models
 
 __all__ = [
-    "Base", "audit_models", "auth_models", "discovery_models", "inventory_models", "jobs_models",
-    "workflows_models", "notifications_models", "policies_models",
+    "Base",
+    "audit_models",
+    "auth_models",
+    "discovery_models",
+    "inventory_models",
+    "jobs_models",
+    "notifications_models",
+    "policies_models",
+    "workflows_models",
 ]

@@ -1,4 +1,4 @@
-"""Conformance suite every CA gateway runs, built-in or third-party.
+"""Conformance suites every CA gateway and certificate store runs, built-in or third-party.
 
 Use it by subclassing in a test module and providing a ``ca_gateway`` fixture that returns a gateway
 ready to issue (its CA running, credentials in place)::
@@ -33,7 +33,15 @@ from typing import ClassVar
 
 import pytest
 
-from sslclm.errors import CARejectedError, ConnectorError, InvalidInputError, NotSupportedError, SslClmError
+from sslclm.errors import (
+    CARejectedError,
+    ConflictError,
+    ConnectorError,
+    InvalidInputError,
+    NotFoundError,
+    NotSupportedError,
+    SslClmError,
+)
 from sslclm.pki import (
     CertificateInfo,
     SigningKey,
@@ -50,6 +58,16 @@ from sslclm.spi.ca import CAGateway
 from sslclm.spi.capabilities import Capability, ConnectorKind
 from sslclm.spi.context import Clock, ConnectorContext, EnvelopeSealer, MemoryStateStore, StateStore, utcnow
 from sslclm.spi.registry import require_capability, validate_connector_class
+from sslclm.spi.store import (
+    AddRequest,
+    AddResult,
+    CertificateStore,
+    CreateRequest,
+    InventoryRequest,
+    ReloadRequest,
+    RemoveRequest,
+    StoreEntry,
+)
 from sslclm.spi.types import (
     CollectRequest,
     IssueRequest,
@@ -346,3 +364,163 @@ class CAGatewayConformance:
             return
         window = ca_gateway.renewal_info(ask)
         assert info.not_before <= window.window_start <= window.window_end <= info.not_after
+
+
+# --- certificate stores ----------------------------------------------------------------------------
+
+
+def new_store_material(
+    name: str = "store.conformance.sslclm.test", *, ca: tuple[SigningKey, object] | None = None
+) -> tuple[bytes, tuple[bytes, ...], bytes]:
+    """A fresh server certificate (PEM), its chain (the issuing CA) and its private key (PEM)."""
+    from cryptography import x509
+
+    from sslclm.pki import issue_server_certificate, private_key_to_pem
+
+    ca_key, ca_cert = ca if ca is not None else create_ca("Store Conformance CA")
+    assert isinstance(ca_cert, x509.Certificate)
+    key, cert = issue_server_certificate(ca_key, ca_cert, hostnames=[name], valid_days=30)
+    return certificate_to_pem(cert), (certificate_to_pem(ca_cert),), private_key_to_pem(key)
+
+
+def new_add_request(alias: str, *, overwrite: bool = True, name: str | None = None) -> AddRequest:
+    cert, chain, key = new_store_material(name or f"{alias}.conformance.sslclm.test")
+    return AddRequest(alias=alias, certificate_pem=cert, chain_pem=chain, private_key_pem=key, overwrite=overwrite)
+
+
+def _same_pem(a: bytes, b: bytes) -> bool:
+    return _pem_to_der(a) == _pem_to_der(b)
+
+
+def find_entry(store: CertificateStore, alias: str) -> StoreEntry | None:
+    """The inventory entry under ``alias``, walking every page."""
+    cursor: str | None = None
+    for _ in range(10_000):
+        page = store.inventory(InventoryRequest(cursor=cursor, limit=100))
+        for entry in page.entries:
+            if entry.alias == alias:
+                return entry
+        if page.next_cursor is None:
+            return None
+        assert page.next_cursor != cursor, "the cursor must advance"
+        cursor = page.next_cursor
+    return None
+
+
+class CertificateStoreConformance:
+    """The store conformance cases; subclass as ``Test<Something>`` and provide a ``cert_store`` fixture
+    returning a store that is ready (its directory, keystore or service exists and is empty).
+
+    ``alias_prefix`` keeps the aliases of one run apart when the store is shared.
+    """
+
+    alias_prefix: ClassVar[str] = "conf"
+
+    def _alias(self, suffix: str) -> str:
+        return f"{self.alias_prefix}-{suffix}-{uuid.uuid4().hex[:8]}"
+
+    def _add(self, store: CertificateStore, request: AddRequest) -> AddResult:
+        return store.add(request)
+
+    def test_class_passes_registry_checks(self, cert_store: CertificateStore) -> None:
+        validate_connector_class(ConnectorKind.CERT_STORE, cert_store.type_key, type(cert_store))
+        assert Capability.ADD in cert_store.capabilities, "a certificate store can be deployed to"
+        json.dumps(type(cert_store).Config.model_json_schema())
+
+    def test_check_reports_ok(self, cert_store: CertificateStore) -> None:
+        result = cert_store.check()
+        assert result.ok, result.message
+
+    def test_added_certificate_is_listed_with_its_chain(self, cert_store: CertificateStore) -> None:
+        request = new_add_request(self._alias("list"))
+        result = self._add(cert_store, request)
+        assert result.alias == request.alias and not result.replaced
+        if Capability.INVENTORY not in cert_store.capabilities:
+            _assert_store_unsupported(cert_store, Capability.INVENTORY, lambda: cert_store.inventory(InventoryRequest()))
+            return
+        entry = find_entry(cert_store, request.alias)
+        assert entry is not None, f"alias {request.alias} not in the inventory"
+        assert _same_pem(entry.certificate_pem, request.certificate_pem)
+        if entry.chain_pem:
+            assert [_pem_to_der(c) for c in entry.chain_pem] == [_pem_to_der(c) for c in request.chain_pem]
+
+    def test_adding_again_replaces_and_is_harmless(self, cert_store: CertificateStore) -> None:
+        alias = self._alias("again")
+        first = new_add_request(alias)
+        self._add(cert_store, first)
+        assert cert_store.add(first).replaced, "the same content again must succeed and say it replaced"
+        second = new_add_request(alias)
+        assert cert_store.add(second).replaced
+        if Capability.INVENTORY in cert_store.capabilities:
+            entry = find_entry(cert_store, alias)
+            assert entry is not None and _same_pem(entry.certificate_pem, second.certificate_pem)
+
+    def test_add_without_overwrite_conflicts(self, cert_store: CertificateStore) -> None:
+        alias = self._alias("conflict")
+        self._add(cert_store, new_add_request(alias))
+        with pytest.raises(ConflictError):
+            cert_store.add(new_add_request(alias, overwrite=False))
+
+    def test_unusable_certificate_is_rejected(self, cert_store: CertificateStore) -> None:
+        good = new_add_request(self._alias("bad"))
+        bad = AddRequest(
+            alias=good.alias, certificate_pem=b"not a certificate", private_key_pem=good.private_key_pem
+        )
+        with pytest.raises(InvalidInputError):
+            cert_store.add(bad)
+        if Capability.INVENTORY in cert_store.capabilities:
+            assert find_entry(cert_store, good.alias) is None, "a refused add must leave nothing behind"
+
+    def test_remove(self, cert_store: CertificateStore) -> None:
+        alias = self._alias("remove")
+        if Capability.REMOVE not in cert_store.capabilities:
+            _assert_store_unsupported(
+                cert_store, Capability.REMOVE, lambda: cert_store.remove(RemoveRequest(alias=alias))
+            )
+            return
+        self._add(cert_store, new_add_request(alias))
+        assert cert_store.remove(RemoveRequest(alias=alias)).alias == alias
+        if Capability.INVENTORY in cert_store.capabilities:
+            assert find_entry(cert_store, alias) is None
+        with pytest.raises(NotFoundError):
+            cert_store.remove(RemoveRequest(alias=alias))
+
+    def test_inventory_pages(self, cert_store: CertificateStore) -> None:
+        if Capability.INVENTORY not in cert_store.capabilities:
+            _assert_store_unsupported(cert_store, Capability.INVENTORY, lambda: cert_store.inventory(InventoryRequest()))
+            return
+        aliases = {self._alias(f"page{n}") for n in range(3)}
+        for alias in aliases:
+            self._add(cert_store, new_add_request(alias))
+        seen: list[str] = []
+        cursor: str | None = None
+        for _ in range(10_000):
+            page = cert_store.inventory(InventoryRequest(cursor=cursor, limit=2))
+            assert len(page.entries) <= 2
+            seen += [entry.alias for entry in page.entries]
+            if page.next_cursor is None:
+                break
+            assert page.next_cursor != cursor, "the cursor must advance"
+            cursor = page.next_cursor
+        assert aliases <= set(seen)
+        assert len(seen) == len(set(seen)), "an entry was listed twice"
+
+    def test_create(self, cert_store: CertificateStore) -> None:
+        if Capability.CREATE not in cert_store.capabilities:
+            _assert_store_unsupported(cert_store, Capability.CREATE, lambda: cert_store.create(CreateRequest()))
+            return
+        assert cert_store.create(CreateRequest()).created is False, "the fixture's store already exists"
+
+    def test_reload(self, cert_store: CertificateStore) -> None:
+        if Capability.RELOAD not in cert_store.capabilities:
+            _assert_store_unsupported(cert_store, Capability.RELOAD, lambda: cert_store.reload(ReloadRequest()))
+            return
+        cert_store.reload(ReloadRequest())
+
+
+def _assert_store_unsupported(store: CertificateStore, capability: Capability, call: Callable[[], object]) -> None:
+    with pytest.raises(NotSupportedError) as caught:
+        require_capability(store, capability)
+    assert caught.value.http_status == 501
+    with pytest.raises(NotSupportedError):
+        call()

@@ -1,0 +1,126 @@
+"""PEM files at configured paths, replaced atomically, with the previous set kept for rollback."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import ClassVar
+
+from pydantic import Field, field_validator
+
+from sslclm.spi.base import CHECK, ConnectorConfig
+from sslclm.spi.capabilities import Capability
+from sslclm.spi.files import PemLayout
+from sslclm.spi.store import (
+    AddRequest,
+    AddResult,
+    CertificateStore,
+    CreateRequest,
+    CreateResult,
+    InventoryRequest,
+    InventoryResult,
+    RemoveRequest,
+    RemoveResult,
+)
+from sslclm.spi.types import CheckRequest, CheckResult
+
+
+def parse_mode(value: str, *, secret: bool) -> str:
+    """An octal file mode such as ``0640``; a key's mode may never grant anything to others."""
+    try:
+        mode = int(value, 8)
+    except ValueError:
+        raise ValueError(f"'{value}' is not an octal file mode such as 0644") from None
+    if not 0 <= mode <= 0o777:
+        raise ValueError(f"'{value}' is not a file mode between 0000 and 0777")
+    if secret and mode & 0o007:
+        raise ValueError("a private key file may not be readable or writable by others")
+    return value
+
+
+class PemFilesConfig(ConnectorConfig):
+    directory: str = Field(description="Absolute path of the directory the files are written to")
+    certificate_file: str = Field("{alias}.crt", description="File name template; empty to skip")
+    key_file: str = Field("{alias}.key", description="File name template; empty: the key is not written")
+    chain_file: str = Field("{alias}.chain.pem", description="File name template; empty to skip")
+    fullchain_file: str = Field("{alias}.fullchain.pem", description="File name template; empty to skip")
+    owner: str | None = Field(None, description="Owner of the files (name or uid)")
+    group: str | None = Field(None, description="Group of the files (name or gid)")
+    mode: str = Field("0644", description="Mode of certificate files (octal)")
+    key_mode: str = Field("0600", description="Mode of the key file (octal; never readable by others)")
+
+    @field_validator("directory")
+    @classmethod
+    def _absolute(cls, value: str) -> str:
+        if not Path(value).is_absolute():
+            raise ValueError("the directory must be an absolute path")
+        return value
+
+    @field_validator("certificate_file", "key_file", "chain_file", "fullchain_file")
+    @classmethod
+    def _template(cls, value: str) -> str:
+        if value and ("{alias}" not in value or "/" in value or value.count("{") != 1):
+            raise ValueError("a file name template holds {alias} once and no '/'")
+        return value
+
+    @field_validator("mode")
+    @classmethod
+    def _mode(cls, value: str) -> str:
+        return parse_mode(value, secret=False)
+
+    @field_validator("key_mode")
+    @classmethod
+    def _key_mode(cls, value: str) -> str:
+        return parse_mode(value, secret=True)
+
+    def layout(self, **extra: str) -> PemLayout:
+        return PemLayout(
+            directory=Path(self.directory),
+            certificate_file=self.certificate_file,
+            key_file=self.key_file,
+            chain_file=self.chain_file,
+            fullchain_file=self.fullchain_file,
+            owner=self.owner,
+            group=self.group,
+            mode=int(self.mode, 8),
+            key_mode=int(self.key_mode, 8),
+            **extra,
+        )
+
+
+class PemFilesStore(CertificateStore):
+    """A directory of PEM files; each alias is one set of files named from the templates."""
+
+    type_key = "pem-files"
+    display_name = "PEM files"
+    capabilities: ClassVar[frozenset[Capability]] = frozenset(
+        {Capability.INVENTORY, Capability.ADD, Capability.REMOVE, Capability.CREATE}
+    )
+    Config = PemFilesConfig
+
+    @property
+    def layout(self) -> PemLayout:
+        assert isinstance(self.config, PemFilesConfig)
+        return self.config.layout()
+
+    def check(self, request: CheckRequest = CHECK) -> CheckResult:
+        return self.layout.check()
+
+    def inventory(self, request: InventoryRequest) -> InventoryResult:
+        return self.layout.inventory(request)
+
+    def add(self, request: AddRequest) -> AddResult:
+        return self.layout.add(request)
+
+    def remove(self, request: RemoveRequest) -> RemoveResult:
+        return self.layout.remove(request)
+
+    def create(self, request: CreateRequest) -> CreateResult:
+        directory = self.layout.directory
+        if directory.is_dir():
+            return CreateResult(created=False)
+        directory.mkdir(parents=True, mode=0o755)
+        return CreateResult(created=True)
+
+    def restore_previous(self, alias: str) -> bool:
+        """Puts back the files the last ``add`` of ``alias`` replaced (see ``RestorableStore``)."""
+        return self.layout.restore(alias)
