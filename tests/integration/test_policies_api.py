@@ -78,7 +78,7 @@ def test_policy_violations_reports_and_metrics(
     refused = client.post(
         f"{API}/policies/check-enrollment",
         json={"names": ["a.internal.example"], "validity_days": 3650},
-        headers=viewer.headers,
+        headers=api_users["operator"].headers,
     ).json()
     assert refused["allowed"] is False
     assert {v["check"] for v in refused["violations"]} == {"max-validity", "domains"}

@@ -10,8 +10,8 @@ import pytest
 from sslclm.connectors.pem_files import PemFilesStore
 from sslclm.errors import ConnectorError, InvalidInputError
 from sslclm.pki import load_bundle
-from sslclm.spi.registry import ConnectorRegistry
 from sslclm.spi.capabilities import ConnectorKind
+from sslclm.spi.registry import ConnectorRegistry
 from sslclm.spi.testing import CertificateStoreConformance, memory_context, new_add_request
 
 
@@ -103,7 +103,9 @@ def test_unwritable_target_leaves_previous_files(tmp_path: Path) -> None:
 def test_bad_config_is_refused(tmp_path: Path, config: dict[str, str], field: str) -> None:
     registry = ConnectorRegistry.from_entry_points()
     with pytest.raises(InvalidInputError) as caught:
-        registry.validate_config(ConnectorKind.CERT_STORE, "pem-files", {"directory": str(tmp_path), **config})
+        registry.validate_config(
+            ConnectorKind.CERT_STORE, "pem-files", {"directory": str(tmp_path), **config}
+        )
     assert field in str(caught.value.message) + str(caught.value.field)
 
 
@@ -111,4 +113,8 @@ def test_alias_cannot_escape_the_directory(tmp_path: Path) -> None:
     store = make_store(tmp_path)
     good = new_add_request("ok")
     with pytest.raises(InvalidInputError):
-        store.add(type(good)(alias="../etc/x", certificate_pem=good.certificate_pem, private_key_pem=good.private_key_pem))
+        store.add(
+            type(good)(
+                alias="../etc/x", certificate_pem=good.certificate_pem, private_key_pem=good.private_key_pem
+            )
+        )

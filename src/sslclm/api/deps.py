@@ -8,12 +8,13 @@ from datetime import timedelta
 from typing import Annotated
 
 from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from sslclm.audit.service import AuditContext
 from sslclm.auth.models import ApiToken, User, WebSession
-from sslclm.auth.permissions import Permission
+from sslclm.auth.permissions import Permission, role_within
 from sslclm.auth.principal import Principal
 from sslclm.auth.secrets import TOKEN_PREFIX, hash_token
 from sslclm.core.clock import as_utc
@@ -98,7 +99,9 @@ def _principal_from_token(platform: Platform, cache: TokenCache, raw: str) -> Pr
         if token.last_used_at is None or now - as_utc(token.last_used_at) > LAST_USED_RESOLUTION:
             session.execute(update(ApiToken).where(ApiToken.id == token.id).values(last_used_at=now))
             session.commit()
-        principal = Principal(user.id, user.username, token.role, "token", token_id=token.id)
+        # A token never acts above its owner's current role (the owner may have been demoted since).
+        role = token.role if role_within(token.role, user.role) else user.role
+        principal = Principal(user.id, user.username, role, "token", token_id=token.id)
     cache.put(digest, principal)
     return principal
 
@@ -131,7 +134,15 @@ async def _csrf_token_sent(request: Request) -> str | None:
     return None
 
 
-async def get_principal(request: Request) -> Principal:
+# Declares the bearer scheme in the OpenAPI document (the docs page's Authorize button); the header
+# itself is read below, where a session cookie is the alternative.
+_bearer_scheme = HTTPBearer(auto_error=False, description="An API token: sslclm token create")
+
+
+async def get_principal(
+    request: Request,
+    _declared: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer_scheme)] = None,
+) -> Principal:
     platform: Platform = request.app.state.platform
     authorization = request.headers.get("authorization")
     if authorization:

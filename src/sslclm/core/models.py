@@ -5,6 +5,7 @@ from __future__ import annotations
 from sslclm.audit import models as audit_models
 from sslclm.auth import models as auth_models
 from sslclm.core.db import Base
+from sslclm.deployments import models as deployments_models
 from sslclm.discovery import models as discovery_models
 from sslclm.inventory import models as inventory_models
 from sslclm.jobs import models as jobs_models
@@ -16,6 +17,7 @@ __all__ = [
     "Base",
     "audit_models",
     "auth_models",
+    "deployments_models",
     "discovery_models",
     "inventory_models",
     "jobs_models",

@@ -61,7 +61,9 @@ def resolve_ids(owner: str | None, group: str | None) -> tuple[int, int]:
 
 def _fail(action: str, path: Path, exc: OSError) -> ConnectorError:
     # Permission and space problems do not go away by retrying; a busy file system might.
-    retryable = not isinstance(exc, PermissionError | FileNotFoundError | NotADirectoryError | IsADirectoryError)
+    retryable = not isinstance(
+        exc, PermissionError | FileNotFoundError | NotADirectoryError | IsADirectoryError
+    )
     return ConnectorError(f"cannot {action} {path}: {exc.strerror or exc}", retryable=retryable)
 
 
@@ -112,10 +114,14 @@ def write_file_set(files: Sequence[FileSpec], *, keep_previous: bool = True) -> 
             if spec.path.exists():
                 existed = True
                 if keep_previous:
-                    current = spec.path.stat()
+                    try:
+                        current = spec.path.stat()
+                        held = spec.path.read_bytes()
+                    except OSError as exc:
+                        raise _fail("read", spec.path, exc) from None
                     backup = FileSpec(spec.path.with_name(spec.path.name + PREVIOUS_SUFFIX), b"")
                     previous = _write_temp(
-                        backup, spec.path.read_bytes(), current.st_mode & 0o777, current.st_uid, current.st_gid
+                        backup, held, current.st_mode & 0o777, current.st_uid, current.st_gid
                     )
             staged.append((spec, _write_temp(spec, spec.content, spec.mode, uid, gid), previous))
     except BaseException:
@@ -148,7 +154,9 @@ def _commit(staged: list[tuple[FileSpec, Path, Path | None]]) -> None:
                 previous.unlink(missing_ok=True)
         with contextlib.suppress(ConnectorError):
             restore_previous([spec.path for spec in done])
-        raise _fail("replace", staged[len(done)][0].path if len(done) < len(staged) else done[-1].path, exc) from None
+        raise _fail(
+            "replace", staged[len(done)][0].path if len(done) < len(staged) else done[-1].path, exc
+        ) from None
 
 
 def restore_previous(paths: Sequence[Path]) -> bool:
@@ -252,11 +260,15 @@ class PemLayout:
     def files_for(self, request: AddRequest) -> list[FileSpec]:
         leaf = split_certificates(request.certificate_pem)
         if len(leaf) != 1:
-            raise InvalidInputError("certificate_pem must hold exactly one PEM certificate", field="certificate_pem")
+            raise InvalidInputError(
+                "certificate_pem must hold exactly one PEM certificate", field="certificate_pem"
+            )
         chain = [block for pem in request.chain_pem for block in split_certificates(pem)]
         key = request.private_key_pem
         if self.needs_key() and not key:
-            raise InvalidInputError("this store writes the private key; none was given", field="private_key_pem")
+            raise InvalidInputError(
+                "this store writes the private key; none was given", field="private_key_pem"
+            )
         if key is not None and not _PEM_KEY.search(key):
             raise InvalidInputError("private_key_pem is not a PEM private key", field="private_key_pem")
         contents = {

@@ -385,7 +385,9 @@ def new_store_material(
 
 def new_add_request(alias: str, *, overwrite: bool = True, name: str | None = None) -> AddRequest:
     cert, chain, key = new_store_material(name or f"{alias}.conformance.sslclm.test")
-    return AddRequest(alias=alias, certificate_pem=cert, chain_pem=chain, private_key_pem=key, overwrite=overwrite)
+    return AddRequest(
+        alias=alias, certificate_pem=cert, chain_pem=chain, private_key_pem=key, overwrite=overwrite
+    )
 
 
 def _same_pem(a: bytes, b: bytes) -> bool:
@@ -436,7 +438,9 @@ class CertificateStoreConformance:
         result = self._add(cert_store, request)
         assert result.alias == request.alias and not result.replaced
         if Capability.INVENTORY not in cert_store.capabilities:
-            _assert_store_unsupported(cert_store, Capability.INVENTORY, lambda: cert_store.inventory(InventoryRequest()))
+            _assert_store_unsupported(
+                cert_store, Capability.INVENTORY, lambda: cert_store.inventory(InventoryRequest())
+            )
             return
         entry = find_entry(cert_store, request.alias)
         assert entry is not None, f"alias {request.alias} not in the inventory"
@@ -487,7 +491,9 @@ class CertificateStoreConformance:
 
     def test_inventory_pages(self, cert_store: CertificateStore) -> None:
         if Capability.INVENTORY not in cert_store.capabilities:
-            _assert_store_unsupported(cert_store, Capability.INVENTORY, lambda: cert_store.inventory(InventoryRequest()))
+            _assert_store_unsupported(
+                cert_store, Capability.INVENTORY, lambda: cert_store.inventory(InventoryRequest())
+            )
             return
         aliases = {self._alias(f"page{n}") for n in range(3)}
         for alias in aliases:
@@ -507,18 +513,24 @@ class CertificateStoreConformance:
 
     def test_create(self, cert_store: CertificateStore) -> None:
         if Capability.CREATE not in cert_store.capabilities:
-            _assert_store_unsupported(cert_store, Capability.CREATE, lambda: cert_store.create(CreateRequest()))
+            _assert_store_unsupported(
+                cert_store, Capability.CREATE, lambda: cert_store.create(CreateRequest())
+            )
             return
         assert cert_store.create(CreateRequest()).created is False, "the fixture's store already exists"
 
     def test_reload(self, cert_store: CertificateStore) -> None:
         if Capability.RELOAD not in cert_store.capabilities:
-            _assert_store_unsupported(cert_store, Capability.RELOAD, lambda: cert_store.reload(ReloadRequest()))
+            _assert_store_unsupported(
+                cert_store, Capability.RELOAD, lambda: cert_store.reload(ReloadRequest())
+            )
             return
         cert_store.reload(ReloadRequest())
 
 
-def _assert_store_unsupported(store: CertificateStore, capability: Capability, call: Callable[[], object]) -> None:
+def _assert_store_unsupported(
+    store: CertificateStore, capability: Capability, call: Callable[[], object]
+) -> None:
     with pytest.raises(NotSupportedError) as caught:
         require_capability(store, capability)
     assert caught.value.http_status == 501

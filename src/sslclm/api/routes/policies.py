@@ -96,7 +96,9 @@ class EnrollmentCheck(BaseModel):
 
 
 @router.post(
-    "/check-enrollment", dependencies=[CanRead], summary="What policy says about an enrollment request"
+    "/check-enrollment",
+    dependencies=[Depends(require(Permission.CERT_ISSUE))],
+    summary="What policy says about an enrollment request",
 )
 def check_enrollment(body: EnrollmentCheck, session: SessionDep, platform: PlatformDep) -> Response:
     found = engine.check_enrollment(session, now=platform.clock(), **body.model_dump())

@@ -7,6 +7,7 @@ from typing import ClassVar
 
 from pydantic import Field, field_validator
 
+from sslclm.errors import ConnectorError
 from sslclm.spi.base import CHECK, ConnectorConfig
 from sslclm.spi.capabilities import Capability
 from sslclm.spi.files import PemLayout
@@ -20,6 +21,7 @@ from sslclm.spi.store import (
     InventoryResult,
     RemoveRequest,
     RemoveResult,
+    StoreEntry,
 )
 from sslclm.spi.types import CheckRequest, CheckResult
 
@@ -118,8 +120,21 @@ class PemFilesStore(CertificateStore):
         directory = self.layout.directory
         if directory.is_dir():
             return CreateResult(created=False)
-        directory.mkdir(parents=True, mode=0o755)
+        try:
+            directory.mkdir(parents=True, mode=0o755)
+        except OSError as exc:
+            raise ConnectorError(
+                f"cannot create {directory}: {exc.strerror or exc}", retryable=False
+            ) from None
         return CreateResult(created=True)
+
+    @property
+    def needs_private_key(self) -> bool:
+        return self.layout.needs_key()
+
+    def read_entry(self, alias: str) -> StoreEntry | None:
+        """The entry under ``alias`` without listing the directory."""
+        return self.layout.read(alias)
 
     def restore_previous(self, alias: str) -> bool:
         """Puts back the files the last ``add`` of ``alias`` replaced (see ``RestorableStore``)."""

@@ -1,0 +1,1 @@
+"""Deployment of managed certificates to certificate stores: bindings, the deploy job, drift, store scans."""

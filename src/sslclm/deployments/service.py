@@ -1,0 +1,261 @@
+"""Bindings of managed certificates to stores, and the requests that deploy to them or take them away."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Protocol, runtime_checkable
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from sslclm.audit.service import AuditContext, record
+from sslclm.core.platform import Platform
+from sslclm.deployments.models import Deployment, StoreBinding
+from sslclm.errors import ConflictError, InvalidInputError, NotFoundError
+from sslclm.inventory.models import Certificate, Issuer
+from sslclm.jobs.models import Job
+from sslclm.jobs.queue import JobSpec, enqueue, enqueue_many
+from sslclm.pki import certificate_to_pem, private_key_to_pem
+from sslclm.spi.capabilities import ConnectorKind
+from sslclm.spi.files import check_alias
+from sslclm.spi.store import AddRequest, CertificateStore
+from sslclm.workflows.connections import build_connector, get_connection
+from sslclm.workflows.managed import get_managed
+from sslclm.workflows.models import Connection, ManagedCertificate
+from sslclm.workflows.recording import load_key
+
+DEPLOY_TASK = "certificate.deploy"
+ACTIVE = ("pending", "deploying", "deployed", "failed", "drifted")
+
+
+@runtime_checkable
+class RestorableStore(Protocol):
+    """A store that keeps what an ``add`` replaced and can put it back (files, keystores)."""
+
+    def restore_previous(self, alias: str) -> bool: ...
+
+
+def needs_private_key(store: CertificateStore) -> bool:
+    """Whether the store is given the key: only stores that serve TLS or hold keystores need it."""
+    return bool(getattr(store, "needs_private_key", True))
+
+
+@dataclass(frozen=True, slots=True)
+class BindingInput:
+    managed: str | int
+    store: str | int
+    alias: str
+    options: dict[str, Any]
+    verify_host: str | None = None
+    verify_port: int | None = None
+    verify_sni: str | None = None
+
+
+def describe_binding(binding: StoreBinding, store_name: str | None = None) -> dict[str, Any]:
+    return {
+        "id": binding.id,
+        "managed_certificate_id": binding.managed_certificate_id,
+        "store_id": binding.store_connection_id,
+        "store": store_name,
+        "alias": binding.alias,
+        "options": binding.options,
+        "verify": (
+            {"host": binding.verify_host, "port": binding.verify_port, "sni": binding.verify_sni}
+            if binding.verify_host
+            else None
+        ),
+        "status": binding.status,
+        "last_deployed_fingerprint": binding.last_deployed_fingerprint,
+        "last_deployed_certificate_id": binding.last_deployed_certificate_id,
+        "last_deployed_at": binding.last_deployed_at.isoformat() if binding.last_deployed_at else None,
+        "error": binding.error,
+        "updated_at": binding.updated_at.isoformat(),
+    }
+
+
+def get_binding(session: Session, binding_id: int) -> StoreBinding:
+    binding = session.get(StoreBinding, binding_id)
+    if binding is None:
+        raise NotFoundError(f"no store binding {binding_id}", field="binding")
+    return binding
+
+
+def store_connection(session: Session, ref: str | int) -> Connection:
+    return get_connection(session, ref, ConnectorKind.CERT_STORE)
+
+
+def create_binding(
+    session: Session, ctx: AuditContext, platform: Platform, data: BindingInput, *, deploy: bool = True
+) -> tuple[StoreBinding, Job | None]:
+    """Binds a managed certificate to a store alias; deploys its current certificate right away if any."""
+    managed = get_managed(session, data.managed)
+    store = store_connection(session, data.store)
+    check_alias(data.alias)
+    if data.verify_host is not None and not (data.verify_port and 0 < data.verify_port < 65536):
+        raise InvalidInputError("verify needs a port between 1 and 65535", field="verify.port")
+    taken = session.execute(
+        select(StoreBinding.id).where(
+            StoreBinding.store_connection_id == store.id, StoreBinding.alias == data.alias
+        )
+    ).first()
+    if taken is not None:
+        raise ConflictError(f"alias '{data.alias}' of store '{store.name}' is already bound", field="alias")
+    now = platform.clock()
+    binding = StoreBinding(
+        managed_certificate_id=managed.id,
+        store_connection_id=store.id,
+        alias=data.alias,
+        options=dict(data.options),
+        verify_host=data.verify_host,
+        verify_port=data.verify_port,
+        verify_sni=data.verify_sni,
+        status="pending",
+        created_at=now,
+        updated_at=now,
+    )
+    session.add(binding)
+    session.flush()
+    record(
+        session,
+        ctx,
+        "deployment.bind",
+        "store_binding",
+        binding.id,
+        {"managed_certificate": managed.name, "store": store.name, "alias": data.alias},
+    )
+    job = None
+    if deploy and managed.current_certificate_id is not None:
+        job = enqueue_deploy(session, binding, managed.current_certificate_id, now=now)
+    return binding, job
+
+
+def list_bindings(
+    session: Session, *, managed_id: int | None = None, store_id: int | None = None, limit: int = 500
+) -> list[tuple[StoreBinding, str]]:
+    stmt = (
+        select(StoreBinding, Connection.name)
+        .join(Connection, Connection.id == StoreBinding.store_connection_id)
+        .order_by(StoreBinding.id)
+        .limit(limit)
+    )
+    if managed_id is not None:
+        stmt = stmt.where(StoreBinding.managed_certificate_id == managed_id)
+    if store_id is not None:
+        stmt = stmt.where(StoreBinding.store_connection_id == store_id)
+    return [(row[0], row[1]) for row in session.execute(stmt)]
+
+
+def history(session: Session, binding_id: int, *, limit: int = 50) -> Sequence[Deployment]:
+    stmt = (
+        select(Deployment)
+        .where(Deployment.binding_id == binding_id)
+        .order_by(Deployment.id.desc())
+        .limit(limit)
+    )
+    return session.execute(stmt).scalars().all()
+
+
+def enqueue_deploy(
+    session: Session, binding: StoreBinding, certificate_id: int, *, now: datetime, action: str = "deploy"
+) -> Job:
+    return enqueue(
+        session,
+        DEPLOY_TASK,
+        {"binding_id": binding.id, "certificate_id": certificate_id, "action": action},
+        now=now,
+        dedupe_key=f"deploy:{binding.id}:{action}:{certificate_id}",
+        target=f"store_binding:{binding.id}",
+    )
+
+
+def enqueue_deployments(session: Session, managed_id: int, certificate_id: int, *, now: datetime) -> int:
+    """Enqueues a deployment of ``certificate_id`` to every binding of the managed certificate.
+
+    Called in the transaction that records an issuance, so a renewal always deploys; returns how many.
+    """
+    ids = session.execute(
+        select(StoreBinding.id).where(
+            StoreBinding.managed_certificate_id == managed_id, StoreBinding.status.in_(ACTIVE)
+        )
+    ).scalars()
+    specs = [
+        JobSpec(
+            DEPLOY_TASK,
+            {"binding_id": binding_id, "certificate_id": certificate_id, "action": "deploy"},
+            dedupe_key=f"deploy:{binding_id}:deploy:{certificate_id}",
+            target=f"store_binding:{binding_id}",
+        )
+        for binding_id in ids
+    ]
+    return enqueue_many(session, specs, now=now) if specs else 0
+
+
+def redeploy(session: Session, ctx: AuditContext, binding_id: int, *, now: datetime) -> Job:
+    binding = get_binding(session, binding_id)
+    managed = session.get(ManagedCertificate, binding.managed_certificate_id)
+    if managed is None or managed.current_certificate_id is None:
+        raise ConflictError("the managed certificate has no certificate to deploy yet", field="binding")
+    job = enqueue_deploy(session, binding, managed.current_certificate_id, now=now)
+    record(session, ctx, "deployment.redeploy", "store_binding", binding.id, {"job_id": job.id})
+    return job
+
+
+def undeploy(session: Session, ctx: AuditContext, binding_id: int, *, now: datetime) -> Job:
+    binding = get_binding(session, binding_id)
+    job = enqueue_deploy(
+        session, binding, binding.last_deployed_certificate_id or 0, now=now, action="undeploy"
+    )
+    record(session, ctx, "deployment.undeploy", "store_binding", binding.id, {"job_id": job.id})
+    return job
+
+
+def chain_for(session: Session, certificate: Certificate, *, limit: int = 5) -> list[Certificate]:
+    """The issuing CAs above ``certificate`` that the inventory holds, nearest first, without the root."""
+    chain: list[Certificate] = []
+    current = certificate
+    for _ in range(limit):
+        if current.self_signed:
+            break
+        issuer_dn = session.execute(select(Issuer.dn).where(Issuer.id == current.issuer_id)).scalar_one()
+        parent = session.execute(
+            select(Certificate)
+            .where(Certificate.subject == issuer_dn, Certificate.is_ca.is_(True))
+            .order_by(Certificate.not_after.desc())
+            .limit(1)
+        ).scalar_one_or_none()
+        if parent is None or parent.self_signed:
+            break
+        chain.append(parent)
+        current = parent
+    return chain
+
+
+def add_request_for(
+    session: Session, platform: Platform, store: CertificateStore, alias: str, certificate_id: int
+) -> AddRequest:
+    """What to give the store for ``certificate_id``: certificate, chain and, if it needs it, the key."""
+    certificate = session.get(Certificate, certificate_id)
+    if certificate is None:
+        raise NotFoundError(f"certificate {certificate_id} no longer exists", field="certificate")
+    key_pem = None
+    if needs_private_key(store):
+        if not certificate.has_private_key:
+            raise ConflictError(
+                "the platform does not hold this certificate's private key", field="certificate"
+            )
+        key_pem = private_key_to_pem(load_key(session, platform, certificate.public_key_sha256))
+    return AddRequest(
+        alias=alias,
+        certificate_pem=certificate_to_pem(certificate.der),
+        chain_pem=tuple(certificate_to_pem(c.der) for c in chain_for(session, certificate)),
+        private_key_pem=key_pem,
+    )
+
+
+def build_store(platform: Platform, connection: Connection) -> CertificateStore:
+    if connection.kind != ConnectorKind.CERT_STORE.value:
+        raise InvalidInputError(f"connection '{connection.name}' is not a store", field="store")
+    store: CertificateStore = build_connector(platform, connection)
+    return store
