@@ -91,10 +91,17 @@ def database(backend: str, home: Path, pg_admin_url: str) -> Iterator[str]:
 def run_import(home: Path, url: str, corpus_dir: Path, env: dict[str, str]) -> dict[str, Any]:
     """Imports the corpus in a child process and samples its tree's memory while it runs."""
     argv = [sys.executable, "-m", "bench._import", str(home), url, str(corpus_dir)]
-    proc = subprocess.Popen(argv, env=env, cwd=REPO_DIR, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        argv, env=env, cwd=REPO_DIR, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True
+    )
     memory = TreeMemory(proc.pid).start()
-    out, err = proc.communicate()
-    memory.stop()
+    try:
+        out, err = proc.communicate()
+    finally:
+        memory.stop()
+        if proc.poll() is None:  # interrupted: stop the import and its parser processes too
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait()
     if proc.returncode != 0:
         raise RuntimeError(f"import failed (exit {proc.returncode}):\n{err.decode(errors='replace')[-4000:]}")
     result: dict[str, Any] = json.loads(out.decode().strip().splitlines()[-1])

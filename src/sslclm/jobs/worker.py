@@ -300,7 +300,10 @@ class Worker:
         with self._lock:
             for job in jobs:
                 self._held.pop(job.id, None)
-        self._wake.set()
+            room = self.concurrency + self.prefetch - len(self._held)
+        # Wake the claiming thread only when a batch is worth claiming (see _claim).
+        if room * 2 >= self.concurrency + self.prefetch or self._buffer.empty():
+            self._wake.set()
 
     # -- the executing side ----------------------------------------------------------------------
 

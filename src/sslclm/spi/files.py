@@ -208,6 +208,19 @@ _PEM_CERT = re.compile(rb"-----BEGIN CERTIFICATE-----\r?\n.+?-----END CERTIFICAT
 _PEM_KEY = re.compile(rb"-----BEGIN (?:[A-Z]+ )?PRIVATE KEY-----")
 
 
+def parse_mode(value: str, *, secret: bool) -> str:
+    """An octal file mode such as ``0640``; a key's mode may never grant anything to others."""
+    try:
+        mode = int(value, 8)
+    except ValueError:
+        raise ValueError(f"'{value}' is not an octal file mode such as 0644") from None
+    if not 0 <= mode <= 0o777:
+        raise ValueError(f"'{value}' is not a file mode between 0000 and 0777")
+    if secret and mode & 0o007:
+        raise ValueError("a private key file may not be readable or writable by others")
+    return value
+
+
 def check_alias(alias: str) -> str:
     """An alias becomes part of file names, so it may not name a path (no ``/``, no ``..``)."""
     if not ALIAS.match(alias) or ".." in alias:

@@ -8,6 +8,7 @@ batches of files: issuer caches, key matching, re-sightings).
 
 from __future__ import annotations
 
+import base64
 from dataclasses import dataclass
 from datetime import datetime
 from functools import cache
@@ -15,6 +16,7 @@ from typing import Any, cast
 
 from sqlalchemy import Select, bindparam, select, update
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection as SAConnection
 from sqlalchemy.orm import Session
 
 from sslclm.audit.service import AuditContext, record
@@ -122,8 +124,14 @@ def _target_query() -> Select[*tuple[Any, ...]]:
     )
 
 
+def _connection(session: Session) -> SAConnection:
+    # Core statements go straight to the session's connection (same transaction): the ORM's DML
+    # handling costs more than the statement itself on this path.
+    return session.connection()
+
+
 def load_target(session: Session, managed_id: int) -> Target:
-    row = session.execute(_target_query(), {"managed_id": managed_id}).first()
+    row = _connection(session).execute(_target_query(), {"managed_id": managed_id}).first()
     if row is None:
         raise NotFoundError(
             f"managed certificate {managed_id} (or its profile or CA connection) no longer exists"
@@ -135,27 +143,107 @@ def load_target(session: Session, managed_id: int) -> Target:
     return Target(*values)
 
 
-def _insert(session: Session, table: Any) -> Any:
-    return (postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert)(table)
+def _upsert(dialect: str, table: Any) -> Any:
+    return (postgresql.insert if dialect == "postgresql" else sqlite.insert)(table)
+
+
+@dataclass(frozen=True)
+class _Statements:
+    """Every statement of the path, built once per dialect so their compiled forms stay cached."""
+
+    insert_key: Any
+    select_key: Any
+    current_key: Any
+    select_issuer: Any
+    insert_issuer: Any
+    known_fingerprints: Any
+    insert_certificate: Any
+    certificate_by_fingerprint: Any
+    claim_certificate: Any
+    upsert_sighting: Any
+    supersede: Any
+    insert_issuance: Any
+    update_managed: Any
+
+
+@cache
+def _statements(dialect: str) -> _Statements:
+    sighting = _upsert(dialect, Sighting.__table__)
+    return _Statements(
+        insert_key=_upsert(dialect, PrivateKey.__table__).on_conflict_do_nothing(
+            index_elements=["public_key_sha256"]
+        ),
+        select_key=select(PrivateKey.encrypted_pkcs8).where(
+            PrivateKey.public_key_sha256 == bindparam("fingerprint")
+        ),
+        current_key=select(Certificate.public_key_sha256, Certificate.has_private_key).where(
+            Certificate.id == bindparam("certificate_id")
+        ),
+        select_issuer=select(Issuer.id).where(Issuer.dn_hash == bindparam("digest")),
+        insert_issuer=_upsert(dialect, Issuer.__table__).on_conflict_do_nothing(index_elements=["dn_hash"]),
+        known_fingerprints=select(Certificate.fingerprint_sha256).where(
+            Certificate.fingerprint_sha256.in_(bindparam("fingerprints", expanding=True))
+        ),
+        insert_certificate=_upsert(dialect, Certificate.__table__)
+        .on_conflict_do_nothing(index_elements=["fingerprint_sha256"])
+        .returning(Certificate.id),
+        certificate_by_fingerprint=select(Certificate.id).where(
+            Certificate.fingerprint_sha256 == bindparam("fingerprint")
+        ),
+        claim_certificate=update(Certificate)
+        .where(Certificate.id == bindparam("b_id"))
+        .values(
+            has_private_key=True,
+            owner=bindparam("b_owner"),
+            team=bindparam("b_team"),
+            updated_at=bindparam("b_now"),
+        ),
+        upsert_sighting=sighting.on_conflict_do_update(
+            index_elements=["certificate_id", "kind", "location"],
+            set_={"last_seen": sighting.excluded.last_seen},
+        ),
+        supersede=update(Certificate)
+        .where(Certificate.id == bindparam("b_previous"))
+        .values(superseded_by_id=bindparam("b_new"), updated_at=bindparam("b_now")),
+        insert_issuance=_upsert(dialect, Issuance.__table__).on_conflict_do_nothing(
+            index_elements=["job_id"]
+        ),
+        update_managed=update(ManagedCertificate)
+        .where(ManagedCertificate.id == bindparam("b_id"))
+        .values(
+            current_certificate_id=bindparam("b_certificate"),
+            status="active",
+            status_message=None,
+            # An ARI window belongs to the certificate it was asked for; the new one gets its own at
+            # the next ARI refresh, and until then the planner falls back to a share of the lifetime.
+            ari_window_start=None,
+            ari_window_end=None,
+            renew_at=bindparam("b_renew_at"),
+            updated_at=bindparam("b_now"),
+        ),
+    )
+
+
+def _sql(session: Session) -> tuple[SAConnection, _Statements]:
+    connection = _connection(session)
+    return connection, _statements(connection.dialect.name)
 
 
 def store_key(session: Session, platform: Platform, key: SigningKey, now: datetime) -> str:
     """Seals and stores ``key``; returns its public key's SHA-256 (the name the job carries)."""
     fingerprint = public_key_sha256(key)
     sealed = platform.envelope.encrypt(private_key_to_pkcs8_der(key), private_key_aad(fingerprint))
-    session.execute(
-        _insert(session, PrivateKey.__table__)
-        .values(public_key_sha256=fingerprint, encrypted_pkcs8=sealed, created_at=now)
-        .on_conflict_do_nothing(index_elements=["public_key_sha256"])
+    connection, sql = _sql(session)
+    connection.execute(
+        sql.insert_key, {"public_key_sha256": fingerprint, "encrypted_pkcs8": sealed, "created_at": now}
     )
     return fingerprint
 
 
 def load_key(session: Session, platform: Platform, fingerprint: str) -> SigningKey:
     """The stored key named by its public key's SHA-256, unsealed."""
-    sealed = session.execute(
-        select(PrivateKey.encrypted_pkcs8).where(PrivateKey.public_key_sha256 == fingerprint)
-    ).scalar_one_or_none()
+    connection, sql = _sql(session)
+    sealed = connection.execute(sql.select_key, {"fingerprint": fingerprint}).scalar_one_or_none()
     if sealed is None:
         raise NotFoundError(f"the key {fingerprint[:16]}… of this request is gone")
     # Only signing keys are ever stored by the issuance steps (they made them).
@@ -166,25 +254,28 @@ def load_key(session: Session, platform: Platform, fingerprint: str) -> SigningK
 
 def current_key_fingerprint(session: Session, certificate_id: int) -> str | None:
     """The current certificate's key fingerprint, when the platform holds that key (for key reuse)."""
-    row = session.execute(
-        select(Certificate.public_key_sha256, Certificate.has_private_key).where(
-            Certificate.id == certificate_id
-        )
-    ).first()
+    connection, sql = _sql(session)
+    row = connection.execute(sql.current_key, {"certificate_id": certificate_id}).first()
     return str(row[0]) if row is not None and row[1] else None
 
 
 def _issuer_id(session: Session, info: CertificateInfo) -> int:
+    connection, sql = _sql(session)
     digest = issuer_hash(info.issuer)
-    found = session.execute(select(Issuer.id).where(Issuer.dn_hash == digest)).scalar_one_or_none()
+    found = connection.execute(sql.select_issuer, {"digest": digest}).scalar_one_or_none()
     if found is None:
-        session.execute(
-            _insert(session, Issuer.__table__)
-            .values(dn_hash=digest, dn=info.issuer, common_name=_common_name(info.issuer))
-            .on_conflict_do_nothing(index_elements=["dn_hash"])
+        connection.execute(
+            sql.insert_issuer,
+            {"dn_hash": digest, "dn": info.issuer, "common_name": _common_name(info.issuer)},
         )
-        found = session.execute(select(Issuer.id).where(Issuer.dn_hash == digest)).scalar_one()
+        found = connection.execute(sql.select_issuer, {"digest": digest}).scalar_one()
     return int(found)
+
+
+def _pem_der(pem: str) -> bytes:
+    """The DER inside one PEM certificate block (plain base64; the certificate is parsed only if new)."""
+    body = pem.split("-----BEGIN CERTIFICATE-----", 1)[-1].split("-----END CERTIFICATE-----", 1)[0]
+    return base64.b64decode("".join(body.split()))
 
 
 def _common_name(dn: str) -> str | None:
@@ -201,14 +292,12 @@ def _ensure_chain(
     """Puts the issuing CAs in the inventory the first time they are seen; later issuances skip them."""
     if not chain_pem:
         return
-    certificates = [load_certificate(pem.encode()) for pem in chain_pem]
-    infos = {compute_fingerprint(info.der): info for info in (extract_info(c) for c in certificates)}
-    known = set(
-        session.execute(
-            select(Certificate.fingerprint_sha256).where(Certificate.fingerprint_sha256.in_(list(infos)))
-        ).scalars()
-    )
-    missing = [info for fingerprint, info in infos.items() if fingerprint not in known]
+    ders = {compute_fingerprint(der): der for der in (_pem_der(pem) for pem in chain_pem)}
+    connection, sql = _sql(session)
+    known = set(connection.execute(sql.known_fingerprints, {"fingerprints": list(ders)}).scalars())
+    missing = [
+        extract_info(load_certificate(der)) for fingerprint, der in ders.items() if fingerprint not in known
+    ]
     if missing:
         writer = InventoryWriter(platform, source=target.source, sighting_kind="issuance")
         writer.write(session, [ParsedFile(f"ca/{target.connection_name}", missing)], now=now)
@@ -245,57 +334,44 @@ def record_certificate(
     """
     info = leaf_info(certificate_pem, public_key=public_key, target=target)
     _ensure_chain(session, platform, target, chain_pem, now)
+    connection, sql = _sql(session)
     row = certificate_values(info, _issuer_id(session, info), target.source, now)
     row.update(has_private_key=True, owner=target.owner, team=target.team)
-    certificate_id = session.execute(
-        _insert(session, Certificate.__table__)
-        .values(row)
-        .on_conflict_do_nothing(index_elements=["fingerprint_sha256"])
-        .returning(Certificate.id)
-    ).scalar_one_or_none()
+    certificate_id = connection.execute(sql.insert_certificate, row).scalar_one_or_none()
     if certificate_id is None:
         # Already in the inventory (discovered before it was recorded): claim it for this issuance.
-        certificate_id = session.execute(
-            select(Certificate.id).where(Certificate.fingerprint_sha256 == info.fingerprint_sha256)
+        certificate_id = connection.execute(
+            sql.certificate_by_fingerprint, {"fingerprint": info.fingerprint_sha256}
         ).scalar_one()
-        session.execute(
-            update(Certificate)
-            .where(Certificate.id == certificate_id)
-            .values(has_private_key=True, owner=target.owner, team=target.team, updated_at=now)
+        connection.execute(
+            sql.claim_certificate,
+            {"b_id": certificate_id, "b_owner": target.owner, "b_team": target.team, "b_now": now},
         )
-    sighting = _insert(session, Sighting.__table__).values(
-        certificate_id=certificate_id,
-        kind="issuance",
-        location=f"managed/{target.name}",
-        source=target.source,
-        details={},
-        first_seen=now,
-        last_seen=now,
-    )
-    session.execute(
-        sighting.on_conflict_do_update(
-            index_elements=["certificate_id", "kind", "location"],
-            set_={"last_seen": sighting.excluded.last_seen},
-        )
+    connection.execute(
+        sql.upsert_sighting,
+        {
+            "certificate_id": certificate_id,
+            "kind": "issuance",
+            "location": f"managed/{target.name}",
+            "source": target.source,
+            "details": {},
+            "first_seen": now,
+            "last_seen": now,
+        },
     )
     previous = target.current_certificate_id
     if previous is not None and previous != certificate_id:
-        session.execute(
-            update(Certificate)
-            .where(Certificate.id == previous)
-            .values(superseded_by_id=certificate_id, updated_at=now)
-        )
-    session.execute(
-        _insert(session, Issuance.__table__)
-        .values(
-            managed_certificate_id=target.managed_id,
-            certificate_id=certificate_id,
-            job_id=job_id,
-            reason=reason,
-            ca_connection_id=target.connection_id,
-            issued_at=now,
-        )
-        .on_conflict_do_nothing(index_elements=["job_id"])
+        connection.execute(sql.supersede, {"b_previous": previous, "b_new": certificate_id, "b_now": now})
+    connection.execute(
+        sql.insert_issuance,
+        {
+            "managed_certificate_id": target.managed_id,
+            "certificate_id": certificate_id,
+            "job_id": job_id,
+            "reason": reason,
+            "ca_connection_id": target.connection_id,
+            "issued_at": now,
+        },
     )
     renew_at = renewal_time(
         not_before=info.not_before,
@@ -303,20 +379,9 @@ def record_certificate(
         policy=target.policy,
         seed=f"{target.managed_id}:{info.fingerprint_sha256}",
     )
-    session.execute(
-        update(ManagedCertificate)
-        .where(ManagedCertificate.id == target.managed_id)
-        .values(
-            current_certificate_id=certificate_id,
-            status="active",
-            status_message=None,
-            # An ARI window belongs to the certificate it was asked for; the new one gets its own at
-            # the next ARI refresh, and until then the planner falls back to a share of the lifetime.
-            ari_window_start=None,
-            ari_window_end=None,
-            renew_at=renew_at,
-            updated_at=now,
-        )
+    connection.execute(
+        sql.update_managed,
+        {"b_id": target.managed_id, "b_certificate": certificate_id, "b_renew_at": renew_at, "b_now": now},
     )
     # Last: on PostgreSQL the audit append holds the log's lock until this transaction commits.
     record(

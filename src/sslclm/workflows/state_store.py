@@ -5,10 +5,13 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
+from dataclasses import dataclass
+from functools import cache
 from typing import Any
 
-from sqlalchemy import delete, select
+from sqlalchemy import bindparam, delete, select
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session, sessionmaker
 
 from sslclm.core.clock import Clock, utcnow
@@ -36,6 +39,32 @@ def state_in_transaction(scope: str, session: Session) -> Iterator[None]:
         _joined.reset(token)
 
 
+@dataclass(frozen=True)
+class _Statements:
+    get: Any
+    put: Any
+    put_if_absent: Any
+    delete: Any
+
+
+@cache
+def _statements(dialect: str) -> _Statements:
+    """Built once per dialect: the connector state is read and written on every issuance."""
+    insert = (postgresql.insert if dialect == "postgresql" else sqlite.insert)(ConnectorStateEntry)
+    same = (ConnectorStateEntry.scope == bindparam("b_scope")) & (
+        ConnectorStateEntry.key == bindparam("b_key")
+    )
+    return _Statements(
+        get=select(ConnectorStateEntry.value).where(same),
+        put=insert.on_conflict_do_update(
+            index_elements=["scope", "key"],
+            set_={"value": insert.excluded.value, "updated_at": insert.excluded.updated_at},
+        ),
+        put_if_absent=insert.on_conflict_do_nothing().returning(ConnectorStateEntry.key),
+        delete=delete(ConnectorStateEntry).where(same),
+    )
+
+
 class DatabaseStateStore:
     """Each call is its own short transaction, so a connector's state survives a crash mid-workflow
     (unless the caller joined it to a step's transaction with :func:`state_in_transaction`)."""
@@ -54,68 +83,50 @@ class DatabaseStateStore:
         return joined[1] if joined is not None and joined[0] == self._scope else None
 
     @contextmanager
-    def _unit(self) -> Iterator[tuple[Session, bool]]:
-        """A session to work in, and whether this call owns (and so commits) its transaction."""
+    def _unit(self) -> Iterator[tuple[Connection, _Statements, Session | None]]:
+        """Where to work, the statements for it, and the session to commit when this call owns it."""
         joined = self._joined_session()
         if joined is not None:
-            yield joined, False
+            connection = joined.connection()
+            yield connection, _statements(connection.dialect.name), None
             return
         with self._sessions() as session:
-            yield session, True
+            connection = session.connection()
+            yield connection, _statements(connection.dialect.name), session
 
-    @staticmethod
-    def _insert(session: Session) -> Any:
-        dialect = session.get_bind().dialect.name
-        return (postgresql.insert if dialect == "postgresql" else sqlite.insert)(ConnectorStateEntry)
+    def _row(self, key: str, value: bytes) -> dict[str, Any]:
+        return {"scope": self._scope, "key": key, "value": bytes(value), "updated_at": self._clock()}
 
     def get(self, key: str) -> bytes | None:
-        with self._unit() as (session, _):
-            return session.execute(
-                select(ConnectorStateEntry.value).where(
-                    ConnectorStateEntry.scope == self._scope, ConnectorStateEntry.key == key
-                )
+        with self._unit() as (connection, sql, _):
+            found: bytes | None = connection.execute(
+                sql.get, {"b_scope": self._scope, "b_key": key}
             ).scalar_one_or_none()
+            return found
 
     def put(self, key: str, value: bytes) -> None:
         self._check(key)
-        with self._unit() as (session, owned):
-            insert = self._insert(session)
-            session.execute(
-                insert.values(
-                    scope=self._scope, key=key, value=bytes(value), updated_at=self._clock()
-                ).on_conflict_do_update(
-                    index_elements=["scope", "key"],
-                    set_={"value": insert.excluded.value, "updated_at": insert.excluded.updated_at},
-                )
-            )
-            if owned:
-                session.commit()
+        with self._unit() as (connection, sql, owned):
+            connection.execute(sql.put, self._row(key, value))
+            if owned is not None:
+                owned.commit()
 
     def put_if_absent(self, key: str, value: bytes) -> bytes | None:
         self._check(key)
-        with self._unit() as (session, owned):
-            inserted = session.execute(
-                self._insert(session)
-                .values(scope=self._scope, key=key, value=bytes(value), updated_at=self._clock())
-                .on_conflict_do_nothing()
-                .returning(ConnectorStateEntry.key)
-            ).first()
-            if owned:
-                session.commit()
+        with self._unit() as (connection, sql, owned):
+            inserted = connection.execute(sql.put_if_absent, self._row(key, value)).first()
+            if owned is not None:
+                owned.commit()
             if inserted is not None:
                 return None
         existing = self.get(key)
         return existing if existing is not None else b""
 
     def delete(self, key: str) -> bool:
-        with self._unit() as (session, owned):
-            result = session.execute(
-                delete(ConnectorStateEntry).where(
-                    ConnectorStateEntry.scope == self._scope, ConnectorStateEntry.key == key
-                )
-            )
-            if owned:
-                session.commit()
+        with self._unit() as (connection, sql, owned):
+            result = connection.execute(sql.delete, {"b_scope": self._scope, "b_key": key})
+            if owned is not None:
+                owned.commit()
             return bool(getattr(result, "rowcount", 0))
 
     def scan(self, prefix: str, *, after: str | None = None, limit: int = 1000) -> list[tuple[str, bytes]]:
@@ -125,5 +136,7 @@ class DatabaseStateStore:
         )
         if after is not None:
             stmt = stmt.where(ConnectorStateEntry.key > after)
-        with self._unit() as (session, _):
-            return [(k, v) for k, v in session.execute(stmt.order_by(ConnectorStateEntry.key).limit(limit))]
+        with self._unit() as (connection, _, _owned):
+            return [
+                (k, v) for k, v in connection.execute(stmt.order_by(ConnectorStateEntry.key).limit(limit))
+            ]

@@ -10,7 +10,7 @@ from pydantic import Field, field_validator
 from sslclm.errors import ConnectorError
 from sslclm.spi.base import CHECK, ConnectorConfig
 from sslclm.spi.capabilities import Capability
-from sslclm.spi.files import PemLayout
+from sslclm.spi.files import PemLayout, parse_mode
 from sslclm.spi.store import (
     AddRequest,
     AddResult,
@@ -24,19 +24,6 @@ from sslclm.spi.store import (
     StoreEntry,
 )
 from sslclm.spi.types import CheckRequest, CheckResult
-
-
-def parse_mode(value: str, *, secret: bool) -> str:
-    """An octal file mode such as ``0640``; a key's mode may never grant anything to others."""
-    try:
-        mode = int(value, 8)
-    except ValueError:
-        raise ValueError(f"'{value}' is not an octal file mode such as 0644") from None
-    if not 0 <= mode <= 0o777:
-        raise ValueError(f"'{value}' is not a file mode between 0000 and 0777")
-    if secret and mode & 0o007:
-        raise ValueError("a private key file may not be readable or writable by others")
-    return value
 
 
 class PemFilesConfig(ConnectorConfig):
