@@ -9,11 +9,14 @@ from __future__ import annotations
 import base64
 import json
 import secrets
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import select, text, update
+from sqlalchemy import create_engine, select, text, update
+from sqlalchemy.engine import make_url
 from typer.testing import CliRunner, Result
 
 from sslclm.api.app import create_app
@@ -64,6 +67,25 @@ def cli(tmp_path: Path, database_url: str) -> Cli:
     )
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def empty_database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A database with no schema at all (the shared fixtures hand out migrated copies)."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'empty.db'}"
+        return
+    admin_url: str = request.getfixturevalue("postgres_admin_url")
+    name = f"sslclm_empty_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield make_url(admin_url).set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as connection:
+            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
 def assert_one_line_error(result: Result, code: int, *fragments: str) -> None:
     assert result.exit_code == code, (result.stdout, result.stderr)
     lines = result.stderr.strip().splitlines()
@@ -74,7 +96,14 @@ def assert_one_line_error(result: Result, code: int, *fragments: str) -> None:
     assert "Traceback" not in result.output
 
 
-def test_db_upgrade_and_current(cli: Cli) -> None:
+def test_db_upgrade_and_current(tmp_path: Path, empty_database_url: str) -> None:
+    cli = Cli(
+        {
+            "SSLCLM_HOME": str(tmp_path / "home"),
+            "SSLCLM_DATABASE_URL": empty_database_url,
+            "SSLCLM_MASTER_KEY": base64.b64encode(secrets.token_bytes(32)).decode(),
+        }
+    )
     before = cli.json("db", "current")
     assert isinstance(before, dict)
     assert before["current"] is None and before["up_to_date"] is False

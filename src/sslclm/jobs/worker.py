@@ -162,7 +162,7 @@ class Worker:
         self._stopping.clear()
         self._aborted.clear()
         kinds = self.registry.kinds()
-        if not kinds:
+        if not kinds and self.scheduler is None:
             log.warning("worker %s: no task kinds registered; nothing to run", self.id)
         self._executors = [
             threading.Thread(target=self._execute_loop, name=f"sslclm-job-{n}", daemon=True)
