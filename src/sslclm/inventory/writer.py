@@ -47,7 +47,8 @@ def parse_file_bytes(path: str, data: bytes, password: str | None) -> ParsedFile
         for key in {id(k): k for k in matched.values()}.values():
             keys.append((public_key_sha256(key), private_key_to_pkcs8_der(key)))
     except SslClmError as exc:
-        return ParsedFile(path, error=exc.message)
+        # The reason is reported beside the path; pki's messages may already start with it.
+        return ParsedFile(path, error=exc.message.removeprefix(f"{path}: "))
     except (ValueError, TypeError) as exc:
         return ParsedFile(path, error=f"unparseable: {type(exc).__name__}: {str(exc)[:200]}")
     if not infos:

@@ -178,7 +178,7 @@ def enqueue(
 
 
 def enqueue_many(session: Session, specs: Iterable[JobSpec], *, now: datetime) -> int:
-    """Adds many jobs in one round trip; jobs whose dedupe key is active are skipped.
+    """Adds many jobs in one statement; jobs whose dedupe key is active are skipped.
 
     Returns how many were added. For planners that enqueue thousands of renewals at once.
     """

@@ -18,7 +18,10 @@ MAX_MESSAGE = 2000
 
 @dataclass(frozen=True, slots=True)
 class Next:
-    """Move on to ``step``; ``state`` is merged into the job's state in the same commit."""
+    """Move on to ``step``; ``state`` is merged into the job's state in the same commit.
+
+    State is JSON and shown by the API: store ids and references there, never keys or secrets.
+    """
 
     step: str
     state: Mapping[str, Any] | None = None
