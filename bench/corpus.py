@@ -5,7 +5,7 @@ few, six issuing CAs, KU/EKU/BC/AKI/SKI/CRL DP/AIA) and in dates: about 4% are e
 expire within the next 30 days, a few are not yet valid. Subject keys come from a small pool
 generated once (RSA key generation runs at ~30/s); every certificate is still distinct through
 its serial, subject, SANs and validity. The corpus is cached under ``bench/.corpus/<N>/`` and
-only generated when its manifest is missing.
+only generated when its manifest (``bench/.corpus/<N>.manifest.json``) is missing.
 
     python -m bench.corpus --count 100000
 """
@@ -79,11 +79,19 @@ def corpus_dir(count: int, root: Path = CORPUS_ROOT) -> Path:
     return root / str(count)
 
 
+def manifest_path(count: int, root: Path = CORPUS_ROOT) -> Path:
+    # Beside the directory, not in it: the import walks the directory and would reject the manifest.
+    return root / f"{count}.{MANIFEST}"
+
+
 def load_corpus(count: int, root: Path = CORPUS_ROOT) -> Corpus | None:
     """The cached corpus of ``count`` certificates, or None if it is missing or incomplete."""
     directory = corpus_dir(count, root)
+    path = manifest_path(count, root)
+    if not path.exists() and (directory / MANIFEST).exists():
+        os.replace(directory / MANIFEST, path)  # a corpus made when the manifest lived inside
     try:
-        manifest = json.loads((directory / MANIFEST).read_text())
+        manifest = json.loads(path.read_text())
     except (OSError, ValueError):
         return None
     if manifest.get("version") != FORMAT_VERSION or manifest.get("count") != count:
@@ -297,6 +305,7 @@ def generate_corpus(
     if count < 1:
         raise ValueError("count must be at least 1")
     directory = corpus_dir(count, root)
+    manifest_path(count, root).unlink(missing_ok=True)
     if directory.exists():
         shutil.rmtree(directory)
     directory.mkdir(parents=True)
@@ -321,9 +330,9 @@ def generate_corpus(
         "generated_at": now.isoformat(),
         "generation_seconds": round(seconds, 1),
     }
-    tmp = directory / (MANIFEST + ".tmp")
+    tmp = root / f"{count}.{MANIFEST}.tmp"
     tmp.write_text(json.dumps(manifest, indent=1))
-    os.replace(tmp, directory / MANIFEST)
+    os.replace(tmp, manifest_path(count, root))
     return Corpus(directory, count, [directory / name for name in names], now, seconds)
 
 

@@ -264,7 +264,8 @@ def summary_rows(results: dict[str, Any]) -> list[list[str]]:
         rows.append(
             [
                 f"{backend}: import",
-                f"{fmt_int(rate)} certs/s = {ratio2:.0%} of bare 2-proc ({ratio1:.0%} of 1-proc)",
+                f"{fmt_int(rate)} certs/s = {ratio2:.0%} of bare 2-proc ({ratio1:.0%} of 1-proc)"
+                + (f", {imp['rejected']} files rejected" if imp["rejected"] else ""),
                 f">= {IMPORT_RATIO_BAR:.0%}",
                 _verdict(ratio2 >= IMPORT_RATIO_BAR),
             ]

@@ -272,6 +272,11 @@ def _issuer_id(session: Session, info: CertificateInfo) -> int:
     return int(found)
 
 
+# (database URL, fingerprint) of issuing CA certificates known to be in that database's inventory:
+# every issuance carries the same chain, so after the first only a set lookup remains.
+_known_chain: set[tuple[str, str]] = set()
+
+
 def _pem_der(pem: str) -> bytes:
     """The DER inside one PEM certificate block (plain base64; the certificate is parsed only if new)."""
     body = pem.split("-----BEGIN CERTIFICATE-----", 1)[-1].split("-----END CERTIFICATE-----", 1)[0]
@@ -294,6 +299,9 @@ def _ensure_chain(
         return
     ders = {compute_fingerprint(der): der for der in (_pem_der(pem) for pem in chain_pem)}
     connection, sql = _sql(session)
+    database = connection.engine.url.render_as_string()
+    if all((database, fingerprint) in _known_chain for fingerprint in ders):
+        return
     known = set(connection.execute(sql.known_fingerprints, {"fingerprints": list(ders)}).scalars())
     missing = [
         extract_info(load_certificate(der)) for fingerprint, der in ders.items() if fingerprint not in known
@@ -301,6 +309,10 @@ def _ensure_chain(
     if missing:
         writer = InventoryWriter(platform, source=target.source, sighting_kind="issuance")
         writer.write(session, [ParsedFile(f"ca/{target.connection_name}", missing)], now=now)
+        return  # remembered once that transaction has committed and a later issuance finds them
+    if len(_known_chain) > 10_000:
+        _known_chain.clear()
+    _known_chain.update((database, fingerprint) for fingerprint in known)
 
 
 def leaf_info(certificate_pem: str, *, public_key: str, target: Target) -> CertificateInfo:

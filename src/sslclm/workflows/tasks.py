@@ -185,9 +185,9 @@ def _record(ctx: StepContext, target: Target, certificate_pem: str, chain_pem: l
         actor=_audit(ctx),
         now=ctx.now,
     )
-    return Done(
-        outcome, message=f"issued serial {outcome['serial']} by CA connection '{target.connection_name}'"
-    )
+    # The serial, the certificate and the renewal time are in the job's result; no history line is
+    # added, which saves a write on the busiest path.
+    return Done(outcome)
 
 
 @start_issue.step("issue")
