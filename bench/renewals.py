@@ -39,10 +39,11 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+from pydantic import SecretStr
 from sqlalchemy import create_engine, func, insert, select, text
 from sqlalchemy.engine import make_url
 
-from bench._util import machine_info
+from bench._util import WORK_DIR, format_table, machine_info
 from sslclm.audit.service import AuditContext
 from sslclm.core.config import Settings
 from sslclm.core.db import session_scope
@@ -421,7 +422,8 @@ def run(
             "SSLCLM_LOG_LEVEL": "WARNING",
             "PYTHONPATH": str(REPO),
         }
-        platform = Platform.open(Settings(home=Path(home), database_url=url, master_key=master_key))
+        settings = Settings(home=Path(home), database_url=url, master_key=SecretStr(master_key))
+        platform = Platform.open(settings)
         try:
             renewal = renew_end_to_end(platform, database, env, renewals, workers, concurrency)
             renewal["ratio_to_bare"] = round(renewal["per_second"] / result["bare"]["per_second_cpu"], 3)
@@ -451,8 +453,36 @@ def main(argv: Sequence[str] | None = None) -> int:
     result = run(
         args.database_url, args.renewals, args.workers, args.concurrency, args.tick_size, args.bare_seconds
     )
-    print(json.dumps(result, indent=2))
+    WORK_DIR.mkdir(parents=True, exist_ok=True)
+    (WORK_DIR / "renewals.json").write_text(json.dumps(result, indent=2) + "\n")
+    print(summary(result))
+    print(f"raw figures: {WORK_DIR / 'renewals.json'}")
     return 0
+
+
+def summary(result: dict[str, Any]) -> str:
+    bare, renewal, tick = result["bare"], result["renewals"], result["tick"]
+    rows = [
+        ["(a) P-256 key + CSR + CA signature, 1 core", f"{bare['per_second_cpu']:,.0f}/s CPU", "-"],
+        [
+            f"(b) {renewal['renewals']:,} renewals, {renewal['workers']} workers",
+            f"{renewal['per_second']:,.1f}/s ({renewal['ratio_to_bare']:.1%} of (a))",
+            ">= 15% of (a)",
+        ],
+        [
+            "    CPU per renewal (workers + PostgreSQL)",
+            f"{renewal['cpu_ms_per_renewal']:.1f} ms -> {renewal['per_second_cpu_bound']:,.1f}/s"
+            f" on idle cores ({renewal['ratio_to_bare_cpu_bound']:.1%})",
+            "",
+        ],
+        [
+            f"(c) tick over {tick['managed_certificates']:,} managed",
+            f"{tick['seconds']:.3f} s, {tick['due']:,} due",
+            "< 1 s",
+        ],
+    ]
+    load = ", ".join(str(v) for v in result["load_average_before"])
+    return format_table(["", "measured", "bar"], rows) + f"\nload average before: {load}"
 
 
 if __name__ == "__main__":

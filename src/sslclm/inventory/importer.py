@@ -21,6 +21,8 @@ from sslclm.inventory.writer import InventoryWriter, ParsedFile, parse_file_byte
 
 # Files per unit of work handed to a parser process: big enough to amortise pickling.
 CHUNK_FILES = 64
+# Input bytes per parser task: about 1,500 certificates of PEM.
+CHUNK_BYTES = 2 * 1024 * 1024
 # Certificates per database transaction (whole files only).
 BATCH_CERTIFICATES = 2000
 
@@ -89,13 +91,27 @@ def _parse_chunk(chunk: list[str], password: str | None, max_bytes: int) -> list
     return [parse_path(path, password, max_bytes) for path in chunk]
 
 
-def _chunks(items: Iterable[str], size: int) -> Iterator[list[str]]:
+def _chunks(items: Iterable[str], size: int, max_bytes: int = CHUNK_BYTES) -> Iterator[list[str]]:
+    """Groups files into parser tasks of at most ``size`` files and about ``max_bytes`` of input.
+
+    Sized by bytes as well as by count: one large bundle is a task of its own, so a task's results
+    (and the memory holding them) stay small whatever the files look like, and both cores get work.
+    """
     chunk: list[str] = []
+    chunk_bytes = 0
     for item in items:
+        try:
+            item_bytes = os.stat(item).st_size
+        except OSError:
+            item_bytes = 0  # the parser reports why it cannot be read
+        if chunk and chunk_bytes + item_bytes > max_bytes:
+            yield chunk
+            chunk, chunk_bytes = [], 0
         chunk.append(item)
+        chunk_bytes += item_bytes
         if len(chunk) >= size:
             yield chunk
-            chunk = []
+            chunk, chunk_bytes = [], 0
     if chunk:
         yield chunk
 
@@ -111,7 +127,7 @@ def _parsed_files(
         pending: list[object] = []
         chunk_iter = _chunks(files, CHUNK_FILES)
         # Keep a bounded window of chunks in flight so memory does not grow with the corpus.
-        window = workers * 3
+        window = workers * 2
         for chunk in chunk_iter:
             pending.append(pool.submit(_parse_chunk, chunk, password, max_bytes))
             if len(pending) >= window:

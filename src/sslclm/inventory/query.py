@@ -252,7 +252,10 @@ def _after_cursor(column: Any, cursor: Cursor, nulls_smallest: bool) -> ColumnEl
             return and_(column.is_(None), id_after)
         return or_(column.is_not(None), and_(column.is_(None), id_after))
     beyond = column < value if cursor.descending else column > value
-    cond = or_(beyond, and_(column == value, id_after))
+    # The redundant bound (col >= v, or col <= v descending) lets both backends seek the (col, id)
+    # index to the cursor instead of scanning from the start and filtering.
+    bound = column <= value if cursor.descending else column >= value
+    cond = and_(bound, or_(beyond, and_(column == value, id_after)))
     return or_(cond, column.is_(None)) if nulls_after else cond
 
 
