@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI, Request
-from starlette.responses import Response
+from fastapi import FastAPI
+from starlette.datastructures import Headers, MutableHeaders
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from sslclm import __version__
 from sslclm.api.deps import TokenCache
@@ -54,21 +55,41 @@ def create_app(settings: Settings | None = None, *, platform: Platform | None = 
     app.state.startup_hooks = []
     app.state.shutdown_hooks = []
 
-    @app.middleware("http")
-    async def request_id(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-        incoming = request.headers.get("x-request-id", "")
-        request.state.request_id = incoming[:64] if incoming.isprintable() and incoming else uuid.uuid4().hex
-        response = await call_next(request)
-        response.headers["X-Request-ID"] = request.state.request_id
-        response.headers.setdefault("X-Content-Type-Options", "nosniff")
-        return response
-
+    app.add_middleware(RequestIdMiddleware)
     install_error_handlers(app)
     for router in ROUTERS:
         app.include_router(router, prefix=API_PREFIX)
     app.include_router(acme_challenge_router)
     _mount_web(app)
     return app
+
+
+class RequestIdMiddleware:
+    """Gives each request an id (the caller's X-Request-ID, or a new one) and security headers.
+
+    A plain ASGI middleware: Starlette's ``BaseHTTPMiddleware`` would wrap every response in a task
+    group and a stream, a measurable cost on the list endpoints.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        incoming = Headers(scope=scope).get("x-request-id", "")
+        request_id = incoming[:64] if incoming and incoming.isprintable() else uuid.uuid4().hex
+        scope.setdefault("state", {})["request_id"] = request_id
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = MutableHeaders(scope=message)
+                headers["X-Request-ID"] = request_id
+                headers.setdefault("X-Content-Type-Options", "nosniff")
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
 
 
 def _mount_web(app: FastAPI) -> None:
