@@ -256,7 +256,9 @@ def _after_cursor(column: Any, cursor: Cursor, nulls_smallest: bool) -> ColumnEl
     # index to the cursor instead of scanning from the start and filtering.
     bound = column <= value if cursor.descending else column >= value
     cond = and_(bound, or_(beyond, and_(column == value, id_after)))
-    return or_(cond, column.is_(None)) if nulls_after else cond
+    # Only a nullable column needs the NULL branch; on a NOT NULL one it would stop PostgreSQL's seek.
+    nullable = getattr(getattr(column, "expression", column), "nullable", True)
+    return or_(cond, column.is_(None)) if nulls_after and nullable else cond
 
 
 def _sort_column(sort: str) -> KeyedColumnElement[Any]:

@@ -30,7 +30,16 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
 from sslclm.errors import ConflictError, InvalidInputError, NotFoundError, SslClmError
-from sslclm.jobs.models import ACTIVE_STATUSES, ACTIVE_WHERE, FINISHED_STATUSES, Job, JobEvent, JobStatus
+from sslclm.jobs.models import (
+    ACTIVE_STATUSES,
+    ACTIVE_WHERE,
+    FINISHED_STATUSES,
+    READY_WHERE,
+    RUNNING_WHERE,
+    Job,
+    JobEvent,
+    JobStatus,
+)
 from sslclm.jobs.sql import event_insert, held_update, insert_jobs, locked_ids
 from sslclm.jobs.sql import insert_ignoring_conflict as insert_ignoring_conflict
 from sslclm.jobs.steps import MAX_MESSAGE, Done, Next, Outcome, Wait
@@ -39,7 +48,6 @@ FIRST_STEP = "start"
 # The hot path (a step's completion) also runs on a bare connection when the step opened no session.
 Executor = Session | Connection
 MAX_ERROR = 1000
-_READY = (JobStatus.QUEUED.value, JobStatus.WAITING.value)
 _ACTIVE = tuple(status.value for status in ACTIVE_STATUSES)
 _RUNNING = JobStatus.RUNNING.value
 _FINISHED = tuple(status.value for status in FINISHED_STATUSES)
@@ -199,7 +207,9 @@ def claim(
         return []
     candidates = (
         select(Job.id)
-        .where(Job.status.in_(_READY), Job.run_after <= now, Job.kind.in_(list(kinds)))
+        # The status test is literal SQL, the partial index's own predicate: with a bound parameter
+        # a prepared (generic) plan could not prove the index applies and would scan the table.
+        .where(READY_WHERE, Job.run_after <= now, Job.kind.in_(list(kinds)))
         .order_by(Job.priority.desc(), Job.run_after, Job.id)
         .limit(limit)
     )
@@ -426,7 +436,7 @@ def reap_expired(session: Session, *, now: datetime, limit: int = 500) -> list[i
     """
     candidates = (
         select(Job.id)
-        .where(Job.status == _RUNNING, Job.lease_expires_at < now)
+        .where(RUNNING_WHERE, Job.lease_expires_at < now)
         .order_by(Job.lease_expires_at)
         .limit(limit)
     )
