@@ -34,13 +34,12 @@ from sslclm.jobs.models import (
     ACTIVE_STATUSES,
     ACTIVE_WHERE,
     FINISHED_STATUSES,
-    READY_WHERE,
     RUNNING_WHERE,
     Job,
     JobEvent,
     JobStatus,
 )
-from sslclm.jobs.sql import event_insert, held_update, insert_jobs, locked_ids
+from sslclm.jobs.sql import claim_statement, event_insert, held_update, insert_jobs, locked_ids
 from sslclm.jobs.sql import insert_ignoring_conflict as insert_ignoring_conflict
 from sslclm.jobs.steps import MAX_MESSAGE, Done, Next, Outcome, Wait
 
@@ -74,20 +73,6 @@ class ClaimedJob:
     target: str | None
     cancel_requested: bool
     lease_owner: str
-
-
-_CLAIM_COLUMNS = (
-    Job.id,
-    Job.kind,
-    Job.step,
-    Job.payload,
-    Job.state,
-    Job.attempts,
-    Job.max_attempts,
-    Job.target,
-    Job.cancel_requested,
-    Job.priority,
-)
 
 
 def error_line(exc: BaseException) -> str:
@@ -205,29 +190,17 @@ def claim(
     """Leases up to ``limit`` ready jobs of ``kinds`` to ``owner``, highest priority and oldest first."""
     if limit < 1 or not kinds:
         return []
-    candidates = (
-        select(Job.id)
-        # The status test is literal SQL, the partial index's own predicate: with a bound parameter
-        # a prepared (generic) plan could not prove the index applies and would scan the table.
-        .where(READY_WHERE, Job.run_after <= now, Job.kind.in_(list(kinds)))
-        .order_by(Job.priority.desc(), Job.run_after, Job.id)
-        .limit(limit)
-    )
-    statement = (
-        update(Job)
-        .where(locked_ids(session, Job.id, candidates))
-        .values(
-            status=_RUNNING,
-            lease_owner=owner,
-            lease_expires_at=now + lease,
-            attempts=Job.attempts + 1,
-            updated_at=now,
-        )
-        .returning(*_CLAIM_COLUMNS)
-        .execution_options(synchronize_session=False)
-    )
+    params = {
+        "now": now,
+        "kinds": list(kinds),
+        "limit": limit,
+        "owner": owner,
+        "expires": now + lease,
+        "updated": now,
+    }
+    statement = claim_statement(session.get_bind().dialect.name)
     # RETURNING comes in no particular order: hand the batch out highest priority, oldest first.
-    rows = sorted(session.execute(statement), key=lambda row: (-row.priority, row.id))
+    rows = sorted(session.execute(statement, params), key=lambda row: (-row.priority, row.id))
     return [
         ClaimedJob(
             id=row.id,
@@ -450,7 +423,7 @@ def reap_expired(session: Session, *, now: datetime, limit: int = 500) -> list[i
     )
     statement = (
         update(Job)
-        .where(locked_ids(session, Job.id, candidates))
+        .where(locked_ids(session.get_bind().dialect.name, Job.id, candidates))
         .values(
             status=case((cancelled, JobStatus.CANCELLED.value), else_=JobStatus.QUEUED.value),
             finished_at=case((cancelled, now), else_=None),

@@ -29,7 +29,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from sslclm.errors import InvalidInputError
-from sslclm.jobs.models import ACTIVE_WHERE, Job, JobEvent, JobStatus
+from sslclm.jobs.models import ACTIVE_WHERE, READY_WHERE, Job, JobEvent, JobStatus
 
 
 def dialect_insert(session: Session, model: type[Any]) -> Any:
@@ -62,10 +62,10 @@ def insert_ignoring_conflict(
 
 
 def locked_ids(
-    session: Session, column: InstrumentedAttribute[int], candidates: Select[Any]
+    dialect: str, column: ColumnElement[int] | InstrumentedAttribute[int], candidates: Select[Any]
 ) -> ColumnElement[bool]:
     """``column IN (candidates)``; on PostgreSQL the candidates are row-locked, skipping locked rows."""
-    if session.get_bind().dialect.name == "postgresql":
+    if dialect == "postgresql":
         # MATERIALIZED: the planner must run the locking SELECT once, not re-run it per outer row.
         picked = candidates.with_for_update(skip_locked=True).cte("picked").prefix_with("MATERIALIZED")
         return column.in_(select(picked.c[0]))
@@ -95,6 +95,48 @@ def held_update(columns: tuple[str, ...]) -> Update:
         )
         .values({name: bindparam(name, type_=table.c[name].type) for name in columns})
         .returning(table.c.cancel_requested)
+    )
+
+
+@cache
+def claim_statement(dialect: str) -> Update:
+    """Leases a batch of ready jobs (parameters: now, kinds, limit, owner, expires), built once."""
+    table = _table(Job)
+    when = table.c.run_after.type
+    candidates = (
+        select(table.c.id)
+        # The status test is literal SQL, the partial index's own predicate: with a bound parameter
+        # a prepared (generic) plan could not prove the index applies and would scan the table.
+        .where(
+            READY_WHERE,
+            table.c.run_after <= bindparam("now", type_=when),
+            table.c.kind.in_(bindparam("kinds", expanding=True)),
+        )
+        .order_by(table.c.priority.desc(), table.c.run_after, table.c.id)
+        .limit(bindparam("limit"))
+    )
+    return (
+        update(table)
+        .where(locked_ids(dialect, table.c.id, candidates))
+        .values(
+            status=JobStatus.RUNNING.value,
+            lease_owner=bindparam("owner"),
+            lease_expires_at=bindparam("expires", type_=when),
+            attempts=table.c.attempts + 1,
+            updated_at=bindparam("updated", type_=when),
+        )
+        .returning(
+            table.c.id,
+            table.c.kind,
+            table.c.step,
+            table.c.payload,
+            table.c.state,
+            table.c.attempts,
+            table.c.max_attempts,
+            table.c.target,
+            table.c.cancel_requested,
+            table.c.priority,
+        )
     )
 
 
