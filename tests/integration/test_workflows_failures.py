@@ -27,11 +27,19 @@ from sslclm.inventory.models import Certificate, PrivateKey
 from sslclm.jobs.models import Job, JobEvent
 from sslclm.jobs.registry import load_task_modules
 from sslclm.jobs.worker import Worker
-from sslclm.pki import certificate_to_pem, create_ca, issue_server_certificate, private_key_to_pem
+from sslclm.pki import (
+    certificate_to_pem,
+    create_ca,
+    generate_private_key,
+    issue_server_certificate,
+    private_key_to_pem,
+)
 from sslclm.spi import IssueRequest
 from sslclm.spi.registry import ConnectorRegistry
 from sslclm.spi.testing import memory_context, new_csr
-from sslclm.workflows.models import Issuance, Profile
+from sslclm.workflows.managed import sweep_orphan_keys
+from sslclm.workflows.models import Issuance, ManagedCertificate, Profile
+from sslclm.workflows.recording import store_key
 from tests.conftest import ApiUser
 from tests.support.pebble import free_port
 
@@ -268,4 +276,65 @@ def test_a_ca_answering_garbage_fails_at_once(
             session.execute(select(func.count()).select_from(Job).where(Job.status == "queued")).scalar_one()
             == 0
         )
+    assert_nothing_half_done(platform)
+
+
+def test_the_key_sweep_deletes_what_ended_jobs_left(
+    client: TestClient, api_users: dict[str, ApiUser], platform: Platform
+) -> None:
+    """A job that ended without running its failure hook (cancelled while it waited for its CA) left
+    its key behind; the hourly sweep deletes it, and never a key a certificate uses."""
+    admin, operator = api_users["admin"].headers, api_users["operator"].headers
+    setup_ca(client, admin, "internal", "local", {})
+    issued = enroll(client, operator, "internal", "kept.example.com")
+    run_jobs(platform)
+    now = platform.clock()
+    with platform.sessions() as session:
+        kept = session.execute(select(Job).where(Job.id == issued["job_id"])).scalar_one()
+        used_key = kept.state["public_key_sha256"]
+        store_key(session, platform, generate_private_key("EC-P256"), now)
+        left = session.execute(
+            select(PrivateKey.public_key_sha256).where(PrivateKey.public_key_sha256 != used_key)
+        ).scalar_one()
+        for status, fingerprint in (("cancelled", left), ("failed", used_key)):
+            session.add(
+                Job(
+                    kind="certificate.issue",
+                    payload={"managed_id": issued["id"]},
+                    status=status,
+                    step="collect",
+                    state={"public_key_sha256": fingerprint},
+                    attempts=1,
+                    priority=0,
+                    cancel_requested=False,
+                    created_at=now,
+                    updated_at=now,
+                    finished_at=now,
+                )
+            )
+        session.commit()
+        assert sweep_orphan_keys(session, now=now) == 1
+        session.commit()
+        remaining = set(session.execute(select(PrivateKey.public_key_sha256)).scalars())
+    assert remaining == {used_key}
+    assert_nothing_half_done(platform)
+
+
+def test_a_renewal_queued_before_a_revocation_does_not_undo_it(
+    client: TestClient, api_users: dict[str, ApiUser], platform: Platform
+) -> None:
+    admin, operator = api_users["admin"].headers, api_users["operator"].headers
+    setup_ca(client, admin, "internal", "local", {})
+    created = enroll(client, operator, "internal", "gone.example.com")
+    run_jobs(platform)
+    renewal = client.post(f"{API}/managed-certificates/{created['id']}/renew", headers=operator).json()
+    with platform.sessions() as session:  # revoked (say, by another node) while the renewal waits
+        session.execute(
+            update(ManagedCertificate).where(ManagedCertificate.id == created["id"]).values(status="revoked")
+        )
+        session.commit()
+    run_jobs(platform)
+    job, managed = outcome(client, operator, {**created, "job_id": renewal["job_id"]})
+    assert job["status"] == "failed" and "is revoked" in job["last_error"]
+    assert managed["status"] == "revoked" and len(managed["issuances"]) == 1
     assert_nothing_half_done(platform)

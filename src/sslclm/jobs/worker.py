@@ -25,9 +25,10 @@ from itertools import count
 from types import FrameType
 from typing import TYPE_CHECKING
 
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.orm import Session
 
+from sslclm.core.db import create_db_engine
 from sslclm.errors import SslClmError
 from sslclm.jobs import queue
 from sslclm.jobs.models import JobStatus
@@ -61,9 +62,10 @@ class WorkerStats:
 class Worker:
     """Runs jobs of the kinds in ``registry`` until stopped.
 
-    ``concurrency`` jobs run at once; up to ``prefetch`` more wait claimed in memory, so an
-    executor that finishes a job starts the next without a round trip. ``lease`` is how long a job
-    stays ours without a heartbeat: a worker that dies loses its jobs to the others after that long.
+    ``concurrency`` jobs run at once, each executor thread on a database connection of its own;
+    up to ``prefetch`` more wait claimed in memory, so an executor that finishes a job starts the
+    next without a round trip. ``lease`` is how long a job stays ours without a heartbeat: a
+    worker that dies loses its jobs to the others after that long.
     """
 
     def __init__(
@@ -103,6 +105,7 @@ class Worker:
         self._stopping = threading.Event()
         self._aborted = threading.Event()
         self._thread: threading.Thread | None = None
+        self._engine: Engine = platform.engine
         self._next_heartbeat = 0.0
         self._executors: list[threading.Thread] = []
 
@@ -161,6 +164,7 @@ class Worker:
     def _run(self, *, until_idle: bool, deadline: float | None) -> WorkerStats:
         self._stopping.clear()
         self._aborted.clear()
+        self._engine = self._open_engine()
         kinds = self.registry.kinds()
         if not kinds and self.scheduler is None:
             log.warning("worker %s: no task kinds registered; nothing to run", self.id)
@@ -205,7 +209,22 @@ class Worker:
         finally:
             self._shut_down()
             self._close_connection()
+            if self._engine is not self.platform.engine:
+                self._engine.dispose()
         return self.stats
+
+    def _open_engine(self) -> Engine:
+        """The worker's own engine: each thread keeps one connection, outside the platform's pool.
+
+        Sharing the platform's pool, busy executors would hold all of it and starve what their own
+        steps (and the scheduler) open through ``platform.sessions``.
+        """
+        url = self.platform.engine.url
+        if url.get_backend_name() == "sqlite" and url.database in (None, "", ":memory:"):
+            return self.platform.engine  # an in-memory database lives only in the platform's engine
+        return create_db_engine(
+            url.render_as_string(hide_password=False), pool_size=self.concurrency + 1, max_overflow=2
+        )
 
     def _shut_down(self) -> None:
         self._stopping.set()
@@ -314,7 +333,7 @@ class Worker:
             # The database went away under it (a restart, a failover): start afresh.
             connection.close()
         if connection is None or connection.closed:
-            connection = self.platform.engine.connect()
+            connection = self._engine.connect()
             self._local.connection = connection
         return connection
 

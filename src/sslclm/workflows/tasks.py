@@ -25,7 +25,7 @@ from datetime import timedelta
 from sqlalchemy import delete, select
 
 from sslclm.audit.service import AuditContext, record
-from sslclm.errors import InvalidInputError, NotFoundError
+from sslclm.errors import ConflictError, InvalidInputError, NotFoundError
 from sslclm.inventory.models import Certificate, PrivateKey
 from sslclm.jobs.registry import periodic, task
 from sslclm.jobs.steps import Done, Next, StepContext, Wait
@@ -122,6 +122,9 @@ def start_issue(ctx: StepContext) -> Next | Wait:
     """Checks the request against the profile (waiting for an approval when it needs one), then
     makes the key and the CSR; the sealed key commits with the move to the CA step."""
     target = _target(ctx)
+    if target.status in ("revoked", "disabled"):
+        # Revoked or switched off after this job was queued: issuing now would undo that decision.
+        raise ConflictError(f"managed certificate '{target.name}' is {target.status}")
     check_allowed(target.dns_names, target.ip_addresses, target.allowed_names, target.profile_name)
     if target.approval_required:
         parked = _await_approval(ctx, target)
