@@ -87,7 +87,7 @@ def test_bind_deploy_redeploy_undeploy(
     assert _served(directory / "www.crt") == binding["last_deployed_fingerprint"]
     assert stat.S_IMODE((directory / "www.key").stat().st_mode) == 0o600
 
-    # Renew, then redeploy (the issuance workflow enqueues this itself once wired in).
+    # A renewal deploys to every binding by itself.
     assert (
         client.post(
             f"{API}/managed-certificates/{enrolled['managed_id']}/renew", headers=operator
@@ -95,14 +95,18 @@ def test_bind_deploy_redeploy_undeploy(
         == 202
     )
     run_jobs(platform)
-    again = client.post(f"{API}/bindings/{bound.json()['id']}/redeploy", headers=operator)
-    assert again.status_code == 202, again.text
-    run_jobs(platform)
     renewed = client.get(f"{API}/bindings/{bound.json()['id']}", headers=operator).json()
     assert renewed["status"] == "deployed"
     assert renewed["last_deployed_fingerprint"] != binding["last_deployed_fingerprint"]
     assert _served(directory / "www.crt") == renewed["last_deployed_fingerprint"]
     assert _served(directory / "www.crt.previous") == binding["last_deployed_fingerprint"]
+    # An explicit redeploy puts the same certificate back.
+    again = client.post(f"{API}/bindings/{bound.json()['id']}/redeploy", headers=operator)
+    assert again.status_code == 202, again.text
+    run_jobs(platform)
+    redeployed = client.get(f"{API}/bindings/{bound.json()['id']}", headers=operator).json()
+    assert redeployed["status"] == "deployed"
+    assert _served(directory / "www.crt") == renewed["last_deployed_fingerprint"]
 
     removed = client.post(f"{API}/bindings/{bound.json()['id']}/undeploy", headers=operator)
     assert removed.status_code == 202

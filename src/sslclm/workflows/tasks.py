@@ -25,6 +25,7 @@ from datetime import timedelta
 from sqlalchemy import delete, select
 
 from sslclm.audit.service import AuditContext, record
+from sslclm.deployments.service import enqueue_deployments
 from sslclm.errors import ConflictError, InvalidInputError, NotFoundError
 from sslclm.inventory.models import Certificate, PrivateKey
 from sslclm.jobs.registry import periodic, task
@@ -188,6 +189,8 @@ def _record(ctx: StepContext, target: Target, certificate_pem: str, chain_pem: l
         actor=_audit(ctx),
         now=ctx.now,
     )
+    # Every binding of the managed certificate gets the new certificate, in the same commit.
+    enqueue_deployments(ctx.session, target.managed_id, int(outcome["certificate_id"]), now=ctx.now)
     # The serial, the certificate and the renewal time are in the job's result; no history line is
     # added, which saves a write on the busiest path.
     return Done(outcome)
