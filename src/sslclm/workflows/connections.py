@@ -158,7 +158,7 @@ def update_connection(
         else None
     )
     connection.updated_at = platform.clock()
-    _forget_instance(connection.id)
+    _forget_instance(platform, connection.id)
     record(
         session,
         ctx,
@@ -178,13 +178,18 @@ def unseal_secrets(platform: Platform, connection: Connection) -> dict[str, str]
     return secrets
 
 
-_instances: dict[int, tuple[datetime, Any]] = {}
+# Keyed by database as well as id: one process may serve several platforms (tests, tools).
+_instances: dict[tuple[str, int], tuple[datetime, Any]] = {}
 _instances_lock = threading.Lock()
 
 
-def _forget_instance(connection_id: int) -> None:
+def _instance_key(platform: Platform, connection_id: int) -> tuple[str, int]:
+    return (platform.engine.url.render_as_string(hide_password=True), connection_id)
+
+
+def _forget_instance(platform: Platform, connection_id: int) -> None:
     with _instances_lock:
-        _instances.pop(connection_id, None)
+        _instances.pop(_instance_key(platform, connection_id), None)
 
 
 def connector_context(platform: Platform, connection: Connection) -> ConnectorContext:
@@ -205,7 +210,7 @@ def build_connector(
 ) -> Any:
     """A live connector for ``connection``, reused per process until the connection changes."""
     with _instances_lock:
-        cached = _instances.get(connection.id)
+        cached = _instances.get(_instance_key(platform, connection.id))
         if cached is not None and cached[0] == connection.updated_at:
             return cached[1]
     config = {**connection.config, **unseal_secrets(platform, connection)}
@@ -215,7 +220,7 @@ def build_connector(
         ConnectorKind(connection.kind), connection.type_key, config, context
     )
     with _instances_lock:
-        _instances[connection.id] = (connection.updated_at, instance)
+        _instances[_instance_key(platform, connection.id)] = (connection.updated_at, instance)
     return instance
 
 
@@ -229,7 +234,7 @@ def ca_gateway_by_id(
 ) -> CAGateway:
     """The live gateway of CA connection ``connection_id``; its row is read only when not built yet."""
     with _instances_lock:
-        cached = _instances.get(connection_id)
+        cached = _instances.get(_instance_key(platform, connection_id))
     if cached is not None and cached[0] == updated_at:
         gateway: CAGateway = cached[1]
         return gateway
