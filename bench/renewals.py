@@ -262,15 +262,20 @@ def _start_workers(env: dict[str, str], workers: int, concurrency: int) -> list[
 
 
 def _renewals_done(platform: Platform, since_id: int) -> tuple[int, int]:
+    """Renewals recorded by jobs after ``since_id``, and renewal jobs that failed (single or batch)."""
     with platform.sessions() as session:
-        rows = dict(
-            session.execute(
-                select(Job.status, func.count())
-                .where(Job.kind == "certificate.issue", Job.id > since_id)
-                .group_by(Job.status)
-            ).all()
-        )
-    return int(rows.get("succeeded", 0)), int(rows.get("failed", 0))
+        renewed = session.execute(
+            select(func.count())
+            .select_from(Issuance)
+            .where(Issuance.reason == "renew", Issuance.job_id > since_id)
+        ).scalar_one()
+        failed = session.execute(
+            select(func.count())
+            .select_from(Job)
+            .where(Job.kind.in_(("certificate.issue", "certificate.renew-batch")), Job.id > since_id)
+            .where(Job.status == "failed")
+        ).scalar_one()
+    return int(renewed), int(failed)
 
 
 def _tick_all(platform: Platform) -> int:

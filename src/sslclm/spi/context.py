@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -34,6 +34,10 @@ class StateStore(Protocol):
 
     def get(self, key: str) -> bytes | None:
         """The value stored under ``key``, or None."""
+        ...
+
+    def get_many(self, keys: Sequence[str]) -> dict[str, bytes]:
+        """The values of those of ``keys`` that exist, in one round trip (for batch work)."""
         ...
 
     def put(self, key: str, value: bytes) -> None:
@@ -104,6 +108,10 @@ class MemoryStateStore:
     def get(self, key: str) -> bytes | None:
         with self._lock:
             return self._data.get(key)
+
+    def get_many(self, keys: Sequence[str]) -> dict[str, bytes]:
+        with self._lock:
+            return {key: self._data[key] for key in keys if key in self._data}
 
     def put(self, key: str, value: bytes) -> None:
         with self._lock:

@@ -17,14 +17,19 @@ from sslclm.errors import ConflictError, InvalidInputError, NotFoundError
 from sslclm.inventory.models import Certificate, PrivateKey
 from sslclm.jobs import queue
 from sslclm.jobs.models import Job
+from sslclm.policies.enrollment import enforce_managed
 from sslclm.spi.types import RevocationReason
-from sslclm.workflows.models import Issuance, ManagedCertificate, Profile
+from sslclm.workflows.models import Connection, Issuance, ManagedCertificate, Profile
 from sslclm.workflows.names import check_allowed, normalize_dns_name, normalize_ip
 from sslclm.workflows.planner import check_policy, policy_for, renewal_time
 from sslclm.workflows.profiles import get_profile
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._*-]{0,254}$")
 ISSUE_TASK = "certificate.issue"
+BATCH_TASK = "certificate.renew-batch"  # see sslclm.workflows.batch
+BATCH_SIZE = 100
+# Gateways whose issuance is local work with in-transaction state: renewing in batches pays off.
+BATCH_TYPES = frozenset({"local"})
 REVOKE_TASK = "certificate.revoke"
 # After a tick enqueues a renewal, the next attempt waits this long if that renewal fails.
 RETRY_RENEWAL_AFTER = timedelta(hours=1)
@@ -97,6 +102,20 @@ def create_managed(
     if session.execute(select(ManagedCertificate.id).where(ManagedCertificate.name == name)).first():
         raise ConflictError(f"a managed certificate named '{name}' already exists", field="name")
     now = platform.clock()
+    if enroll:
+        # Refused before anything is written, with every blocking reason (the job checks again).
+        enforce_managed(
+            session,
+            names=[*dns, *ips] or [common_name],
+            key_type=profile.key_type,
+            validity_days=profile.validity_days,
+            purpose=profile.purpose,
+            profile=profile.name,
+            owner=data.owner,
+            team=data.team,
+            tags=data.tags,
+            now=now,
+        )
     managed = ManagedCertificate(
         name=name,
         common_name=common_name,
@@ -245,6 +264,25 @@ def adopt(
     return managed
 
 
+def batch_specs(groups: dict[int, list[int]]) -> list[queue.JobSpec]:
+    """Batch jobs for the due renewals of each CA connection, ``BATCH_SIZE`` managed certificates each."""
+    specs = []
+    for connection_id, managed_ids in groups.items():
+        for start in range(0, len(managed_ids), BATCH_SIZE):
+            specs.append(
+                queue.JobSpec(
+                    kind=BATCH_TASK,
+                    payload={
+                        "managed_ids": managed_ids[start : start + BATCH_SIZE],
+                        "reason": "renew",
+                        "requested_by": "scheduler",
+                    },
+                    target=f"ca_connection:{connection_id}",
+                )
+            )
+    return specs
+
+
 def enqueue_due_renewals(session: Session, *, now: datetime, limit: int = TICK_BATCH) -> int:
     """The scheduler's renewal tick: enqueues every managed certificate whose renewal time has come.
 
@@ -252,22 +290,35 @@ def enqueue_due_renewals(session: Session, *, now: datetime, limit: int = TICK_B
     renewal time an hour on, so a renewal that fails is tried again later rather than every tick;
     a successful one sets the next planned time.
     """
-    due = (
-        session.execute(
-            select(ManagedCertificate.id)
-            .where(
-                ManagedCertificate.auto_renew.is_(True),
-                ManagedCertificate.renew_at <= now,
-                ManagedCertificate.status.in_(("active", "failed", "issuing")),
-            )
-            .order_by(ManagedCertificate.renew_at)
-            .limit(limit)
+    rows = session.execute(
+        select(
+            ManagedCertificate.id,
+            ManagedCertificate.key_policy,
+            Profile.approval_required,
+            Connection.id,
+            Connection.type_key,
         )
-        .scalars()
-        .all()
-    )
-    if not due:
+        .join(Profile, Profile.id == ManagedCertificate.profile_id)
+        .join(Connection, Connection.id == Profile.ca_connection_id)
+        .where(
+            ManagedCertificate.auto_renew.is_(True),
+            ManagedCertificate.renew_at <= now,
+            ManagedCertificate.status.in_(("active", "failed", "issuing")),
+        )
+        .order_by(ManagedCertificate.renew_at)
+        .limit(limit)
+    ).all()
+    if not rows:
         return 0
+    due = [row[0] for row in rows]
+    # Renewals at the built-in CA go in batches (see sslclm.workflows.batch); the rest one job each.
+    batches: dict[int, list[int]] = {}
+    single: list[int] = []
+    for managed_id, key_policy, approval_required, connection_id, connection_type in rows:
+        if connection_type in BATCH_TYPES and not approval_required and key_policy != "reuse":
+            batches.setdefault(connection_id, []).append(managed_id)
+        else:
+            single.append(managed_id)
     specs = [
         queue.JobSpec(
             kind=ISSUE_TASK,
@@ -275,9 +326,9 @@ def enqueue_due_renewals(session: Session, *, now: datetime, limit: int = TICK_B
             dedupe_key=f"issue:{managed_id}",
             target=f"managed:{managed_id}",
         )
-        for managed_id in due
+        for managed_id in single
     ]
-    added = queue.enqueue_many(session, specs, now=now)
+    added = queue.enqueue_many(session, [*specs, *batch_specs(batches)], now=now)
     for start in range(0, len(due), 900):
         session.execute(
             update(ManagedCertificate)

@@ -109,10 +109,13 @@ class Issuance(Base):
         ForeignKey("managed_certificates.id", ondelete="CASCADE"), index=True
     )
     certificate_id: Mapped[int] = mapped_column(ForeignKey("certificates.id"), index=True)
-    job_id: Mapped[int | None] = mapped_column(Integer, unique=True)  # one issuance per job, ever
+    # One issuance per managed certificate and job, ever (a renewal batch job issues many).
+    job_id: Mapped[int | None] = mapped_column(Integer)
     reason: Mapped[str] = mapped_column(String(32))  # enroll, renew, adopt
     ca_connection_id: Mapped[int | None] = mapped_column(Integer)
     issued_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+    __table_args__ = (UniqueConstraint("job_id", "managed_certificate_id"),)
 
 
 class Approval(Base):

@@ -9,6 +9,7 @@ batches of files: issuer caches, key matching, re-sightings).
 from __future__ import annotations
 
 import base64
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from functools import cache
@@ -19,7 +20,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection as SAConnection
 from sqlalchemy.orm import Session
 
-from sslclm.audit.service import AuditContext, record
+from sslclm.audit.service import AuditContext, PlannedEvent, record, record_many
 from sslclm.core.platform import Platform
 from sslclm.errors import InvalidInputError, NotFoundError
 from sslclm.inventory.models import Certificate, Issuer, PrivateKey, Sighting
@@ -89,6 +90,15 @@ class Target:
 @cache
 def _target_query() -> Select[*tuple[Any, ...]]:
     # Built once: its compiled form then stays in SQLAlchemy's cache for every step of every job.
+    return _target_select().where(ManagedCertificate.id == bindparam("managed_id"))
+
+
+@cache
+def _targets_query() -> Select[*tuple[Any, ...]]:
+    return _target_select().where(ManagedCertificate.id.in_(bindparam("managed_ids", expanding=True)))
+
+
+def _target_select() -> Select[*tuple[Any, ...]]:
     return (
         select(
             ManagedCertificate.id,
@@ -120,7 +130,6 @@ def _target_query() -> Select[*tuple[Any, ...]]:
         )
         .join(Profile, Profile.id == ManagedCertificate.profile_id)
         .join(Connection, Connection.id == Profile.ca_connection_id)
-        .where(ManagedCertificate.id == bindparam("managed_id"))
     )
 
 
@@ -130,17 +139,29 @@ def _connection(session: Session) -> SAConnection:
     return session.connection()
 
 
+def _target(row: Sequence[Any]) -> Target:
+    values = list(row)
+    for index in (3, 4, 14):  # JSON lists
+        values[index] = tuple(values[index] or ())
+    values[19] = dict(values[19] or {})
+    return Target(*values)
+
+
 def load_target(session: Session, managed_id: int) -> Target:
     row = _connection(session).execute(_target_query(), {"managed_id": managed_id}).first()
     if row is None:
         raise NotFoundError(
             f"managed certificate {managed_id} (or its profile or CA connection) no longer exists"
         )
-    values = list(row)
-    for index in (3, 4, 14):  # JSON lists
-        values[index] = tuple(values[index] or ())
-    values[19] = dict(values[19] or {})
-    return Target(*values)
+    return _target(row)
+
+
+def load_targets(session: Session, managed_ids: Sequence[int]) -> dict[int, Target]:
+    """The targets of many managed certificates in one query; the deleted ones are left out."""
+    if not managed_ids:
+        return {}
+    rows = _connection(session).execute(_targets_query(), {"managed_ids": list(managed_ids)})
+    return {target.managed_id: target for target in map(_target, rows)}
 
 
 def _upsert(dialect: str, table: Any) -> Any:
@@ -206,7 +227,7 @@ def _statements(dialect: str) -> _Statements:
         .where(Certificate.id == bindparam("b_previous"))
         .values(superseded_by_id=bindparam("b_new"), updated_at=bindparam("b_now")),
         insert_issuance=_upsert(dialect, Issuance.__table__).on_conflict_do_nothing(
-            index_elements=["job_id"]
+            index_elements=["job_id", "managed_certificate_id"]
         ),
         update_managed=update(ManagedCertificate)
         .where(ManagedCertificate.id == bindparam("b_id"))
@@ -238,6 +259,12 @@ def store_key(session: Session, platform: Platform, key: SigningKey, now: dateti
         sql.insert_key, {"public_key_sha256": fingerprint, "encrypted_pkcs8": sealed, "created_at": now}
     )
     return fingerprint
+
+
+def store_sealed_keys(session: Session, rows: Sequence[dict[str, Any]]) -> None:
+    """Stores keys sealed by the caller (``public_key_sha256``, ``encrypted_pkcs8``, ``created_at``)."""
+    connection, sql = _sql(session)
+    connection.execute(sql.insert_key, list(rows))
 
 
 def load_key(session: Session, platform: Platform, fingerprint: str) -> SigningKey:
@@ -412,3 +439,174 @@ def record_certificate(
         "not_after": info.not_after.isoformat(),
         "renew_at": renew_at.isoformat(),
     }
+
+
+@dataclass(frozen=True, slots=True)
+class Issued:
+    """One certificate of a batch, as the CA returned it, with the key it certifies."""
+
+    target: Target
+    certificate_pem: str
+    chain_pem: tuple[str, ...]
+    public_key: str
+
+
+def record_batch(
+    session: Session,
+    platform: Platform,
+    issued: Sequence[Issued],
+    *,
+    job_id: int,
+    reason: str,
+    actor: AuditContext,
+    now: datetime,
+) -> list[dict[str, Any]]:
+    """``record_certificate`` for many certificates at once: one multi-row statement per table.
+
+    The same rows and audit events as recording them one by one, in the caller's transaction, so a
+    batch of renewals costs a handful of statements instead of a handful per certificate.
+    """
+    if not issued:
+        return []
+    infos = [
+        leaf_info(item.certificate_pem, public_key=item.public_key, target=item.target) for item in issued
+    ]
+    first = issued[0]
+    _ensure_chain(session, platform, first.target, list(first.chain_pem), now)
+    connection, sql = _sql(session)
+    issuer_ids: dict[str, int] = {}
+    rows = []
+    for item, info in zip(issued, infos, strict=True):
+        if info.issuer not in issuer_ids:
+            issuer_ids[info.issuer] = _issuer_id(session, info)
+        row = certificate_values(info, issuer_ids[info.issuer], item.target.source, now)
+        row.update(has_private_key=True, owner=item.target.owner, team=item.target.team)
+        rows.append(row)
+    inserted = {
+        str(fingerprint): int(certificate_id)
+        for certificate_id, fingerprint in connection.execute(
+            _statements_batch(connection.dialect.name).insert_certificates, rows
+        )
+    }
+    ids: list[int] = []
+    for item, info in zip(issued, infos, strict=True):
+        certificate_id = inserted.get(info.fingerprint_sha256)
+        if certificate_id is None:
+            # Already in the inventory (discovered before it was recorded): claim it, as one by one.
+            certificate_id = int(
+                connection.execute(
+                    sql.certificate_by_fingerprint, {"fingerprint": info.fingerprint_sha256}
+                ).scalar_one()
+            )
+            connection.execute(
+                sql.claim_certificate,
+                {
+                    "b_id": certificate_id,
+                    "b_owner": item.target.owner,
+                    "b_team": item.target.team,
+                    "b_now": now,
+                },
+            )
+        ids.append(certificate_id)
+    connection.execute(
+        sql.upsert_sighting,
+        [
+            {
+                "certificate_id": certificate_id,
+                "kind": "issuance",
+                "location": f"managed/{item.target.name}",
+                "source": item.target.source,
+                "details": {},
+                "first_seen": now,
+                "last_seen": now,
+            }
+            for item, certificate_id in zip(issued, ids, strict=True)
+        ],
+    )
+    superseded = [
+        {"b_previous": item.target.current_certificate_id, "b_new": certificate_id, "b_now": now}
+        for item, certificate_id in zip(issued, ids, strict=True)
+        if item.target.current_certificate_id not in (None, certificate_id)
+    ]
+    if superseded:
+        connection.execute(sql.supersede, superseded)
+    connection.execute(
+        sql.insert_issuance,
+        [
+            {
+                "managed_certificate_id": item.target.managed_id,
+                "certificate_id": certificate_id,
+                "job_id": job_id,
+                "reason": reason,
+                "ca_connection_id": item.target.connection_id,
+                "issued_at": now,
+            }
+            for item, certificate_id in zip(issued, ids, strict=True)
+        ],
+    )
+    outcomes: list[dict[str, Any]] = []
+    for item, info, certificate_id in zip(issued, infos, ids, strict=True):
+        renew_at = renewal_time(
+            not_before=info.not_before,
+            not_after=info.not_after,
+            policy=item.target.policy,
+            seed=f"{item.target.managed_id}:{info.fingerprint_sha256}",
+        )
+        outcomes.append(
+            {
+                "managed_id": item.target.managed_id,
+                "certificate_id": certificate_id,
+                "fingerprint_sha256": info.fingerprint_sha256,
+                "serial": info.serial,
+                "not_after": info.not_after.isoformat(),
+                "renew_at": renew_at,
+            }
+        )
+    connection.execute(
+        sql.update_managed,
+        [
+            {
+                "b_id": o["managed_id"],
+                "b_certificate": o["certificate_id"],
+                "b_renew_at": o["renew_at"],
+                "b_now": now,
+            }
+            for o in outcomes
+        ],
+    )
+    # Last, and once for the whole batch: on PostgreSQL the append holds the log's lock until commit.
+    record_many(
+        session,
+        actor,
+        [
+            PlannedEvent(
+                "certificate.issued",
+                "managed_certificate",
+                o["managed_id"],
+                {
+                    "certificate_id": o["certificate_id"],
+                    "fingerprint": o["fingerprint_sha256"],
+                    "reason": reason,
+                },
+            )
+            for o in outcomes
+        ],
+        occurred_at=now,
+    )
+    for outcome in outcomes:
+        outcome["renew_at"] = outcome["renew_at"].isoformat()
+    return outcomes
+
+
+@dataclass(frozen=True)
+class _BatchStatements:
+    insert_certificates: Any
+
+
+@cache
+def _statements_batch(dialect: str) -> _BatchStatements:
+    return _BatchStatements(
+        insert_certificates=_upsert(dialect, Certificate.__table__)
+        .on_conflict_do_nothing(index_elements=["fingerprint_sha256"])
+        .returning(Certificate.id, Certificate.fingerprint_sha256),
+    )

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cache
 from typing import Any
 
@@ -15,33 +15,71 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session, sessionmaker
 
 from sslclm.core.clock import Clock, utcnow
+from sslclm.errors import ConnectorError
 from sslclm.workflows.models import ConnectorStateEntry
 
 MAX_KEY = 200
 
 # (scope, session): while set, the store of that scope works inside the session's transaction.
-_joined: ContextVar[tuple[str, Session] | None] = ContextVar("sslclm_joined_state", default=None)
+_joined: ContextVar[tuple[str, Session, WriteBehind | None] | None] = ContextVar(
+    "sslclm_joined_state", default=None
+)
+
+
+class StateConflictError(ConnectorError):
+    """A deferred "create once" write found its key taken: the step is tried again, and then sees it."""
+
+    def __init__(self, keys: int) -> None:
+        super().__init__(f"{keys} connector state entr(y/ies) were written concurrently", retryable=True)
+
+
+@dataclass
+class WriteBehind:
+    """Deferred ``put_if_absent`` writes of a joined batch, flushed as one multi-row insert.
+
+    Within one step's transaction, a key created by this batch is served from here; one created by
+    someone else in the meantime makes the flush fail with :class:`StateConflictError`, which rolls
+    the whole step back (a retried step then finds the other writer's value, as without deferral).
+    """
+
+    pending: dict[str, bytes] = field(default_factory=dict)
 
 
 @contextmanager
-def state_in_transaction(scope: str, session: Session) -> Iterator[None]:
+def state_in_transaction(scope: str, session: Session, *, write_behind: bool = False) -> Iterator[None]:
     """Runs the state calls of connector ``scope`` inside ``session``'s transaction (this thread only).
 
     For a connector whose state is the platform's own data and that calls nothing outside (the
     built-in CA): its writes then commit with the job step that made them, or not at all, and cost
     no transaction of their own. Never for a connector that talks to a remote system, whose state
     (an order placed at an ACME server) must survive the step failing.
+    With ``write_behind`` (a batch of calls, such as a batch of renewals), ``put_if_absent`` writes
+    are collected and inserted together when the block ends without an error.
     """
-    token = _joined.set((scope, session))
+    deferred = WriteBehind() if write_behind else None
+    token = _joined.set((scope, session, deferred))
     try:
         yield
+        if deferred is not None and deferred.pending:
+            _flush(scope, session, deferred)
     finally:
         _joined.reset(token)
+
+
+def _flush(scope: str, session: Session, deferred: WriteBehind) -> None:
+    connection = session.connection()
+    now = utcnow()
+    rows = [{"scope": scope, "key": k, "value": v, "updated_at": now} for k, v in deferred.pending.items()]
+    inserted = connection.execute(_statements(connection.dialect.name).put_if_absent, rows).all()
+    if len(inserted) != len(rows):
+        raise StateConflictError(len(rows) - len(inserted))
+    deferred.pending.clear()
 
 
 @dataclass(frozen=True)
 class _Statements:
     get: Any
+    get_many: Any
     put: Any
     put_if_absent: Any
     delete: Any
@@ -56,6 +94,10 @@ def _statements(dialect: str) -> _Statements:
     )
     return _Statements(
         get=select(ConnectorStateEntry.value).where(same),
+        get_many=select(ConnectorStateEntry.key, ConnectorStateEntry.value).where(
+            ConnectorStateEntry.scope == bindparam("b_scope"),
+            ConnectorStateEntry.key.in_(bindparam("b_keys", expanding=True)),
+        ),
         put=insert.on_conflict_do_update(
             index_elements=["scope", "key"],
             set_={"value": insert.excluded.value, "updated_at": insert.excluded.updated_at},
@@ -82,6 +124,10 @@ class DatabaseStateStore:
         joined = _joined.get()
         return joined[1] if joined is not None and joined[0] == self._scope else None
 
+    def _deferred(self) -> WriteBehind | None:
+        joined = _joined.get()
+        return joined[2] if joined is not None and joined[0] == self._scope else None
+
     @contextmanager
     def _unit(self) -> Iterator[tuple[Connection, _Statements, Session | None]]:
         """Where to work, the statements for it, and the session to commit when this call owns it."""
@@ -98,11 +144,26 @@ class DatabaseStateStore:
         return {"scope": self._scope, "key": key, "value": bytes(value), "updated_at": self._clock()}
 
     def get(self, key: str) -> bytes | None:
+        deferred = self._deferred()
+        if deferred is not None and key in deferred.pending:
+            return deferred.pending[key]
         with self._unit() as (connection, sql, _):
             found: bytes | None = connection.execute(
                 sql.get, {"b_scope": self._scope, "b_key": key}
             ).scalar_one_or_none()
             return found
+
+    def get_many(self, keys: Sequence[str]) -> dict[str, bytes]:
+        deferred = self._deferred()
+        found = {key: deferred.pending[key] for key in keys if key in deferred.pending} if deferred else {}
+        wanted = [key for key in keys if key not in found]
+        with self._unit() as (connection, sql, _):
+            for start in range(0, len(wanted), 500):
+                rows = connection.execute(
+                    sql.get_many, {"b_scope": self._scope, "b_keys": wanted[start : start + 500]}
+                )
+                found.update((str(key), bytes(value)) for key, value in rows)
+        return found
 
     def put(self, key: str, value: bytes) -> None:
         self._check(key)
@@ -113,6 +174,13 @@ class DatabaseStateStore:
 
     def put_if_absent(self, key: str, value: bytes) -> bytes | None:
         self._check(key)
+        deferred = self._deferred()
+        if deferred is not None:
+            # Optimistic: the flush at the end of the batch checks that nobody else took the key.
+            if key in deferred.pending:
+                return deferred.pending[key]
+            deferred.pending[key] = bytes(value)
+            return None
         with self._unit() as (connection, sql, owned):
             inserted = connection.execute(sql.put_if_absent, self._row(key, value)).first()
             if owned is not None:
@@ -123,6 +191,9 @@ class DatabaseStateStore:
         return existing if existing is not None else b""
 
     def delete(self, key: str) -> bool:
+        deferred = self._deferred()
+        if deferred is not None and deferred.pending.pop(key, None) is not None:
+            return True
         with self._unit() as (connection, sql, owned):
             result = connection.execute(sql.delete, {"b_scope": self._scope, "b_key": key})
             if owned is not None:
@@ -136,6 +207,9 @@ class DatabaseStateStore:
         )
         if after is not None:
             stmt = stmt.where(ConnectorStateEntry.key > after)
+        deferred, session = self._deferred(), self._joined_session()
+        if deferred is not None and session is not None and deferred.pending:
+            _flush(self._scope, session, deferred)  # a scan sees what this batch has written
         with self._unit() as (connection, _, _owned):
             return [
                 (k, v) for k, v in connection.execute(stmt.order_by(ConnectorStateEntry.key).limit(limit))

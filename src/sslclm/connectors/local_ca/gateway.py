@@ -17,12 +17,13 @@ import hashlib
 import json
 import re
 import threading
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any, ClassVar, cast
 
 from pydantic import BaseModel
 
-from sslclm.errors import CARejectedError, ConnectorError, InvalidInputError
+from sslclm.errors import CARejectedError, ConnectorError, InvalidInputError, SslClmError
 from sslclm.pki import certificate_to_pem, sign_csr
 from sslclm.pki.ca_tools import (
     RevokedEntry,
@@ -63,6 +64,10 @@ _CURSOR = re.compile(r"^[0-9a-f]{40}$")
 _MAX_CN = 64
 _EKU = {CertificatePurpose.SERVER_AUTH: "serverAuth", CertificatePurpose.CLIENT_AUTH: "clientAuth"}
 _SCAN_PAGE = 1000
+
+
+def _issue_key(request: IssueRequest) -> str:
+    return hashlib.sha256(request.idempotency_key.encode()).hexdigest()
 
 
 def _padded(serial: int) -> str:
@@ -149,10 +154,32 @@ class LocalCAGateway(CAGateway):
         maximum, or when the idempotency key was used before for a different CSR.
         """
         authority = self._load()
+        key_id = _issue_key(request)
+        previous = self.context.state.get(f"issue/{key_id}")
+        return self._issue(request, authority, key_id, previous)
+
+    def issue_many(self, requests: Sequence[IssueRequest]) -> list[IssueResult | SslClmError]:
+        """``issue`` for each request, reading the earlier answers of all of them in one call.
+
+        For the platform's batch renewals: each entry is the result, or the error ``issue`` would
+        have raised for that request (a refusal of one request does not stop the others).
+        """
+        authority = self._load()
+        key_ids = [_issue_key(request) for request in requests]
+        previous = self.context.state.get_many([f"issue/{key_id}" for key_id in key_ids])
+        results: list[IssueResult | SslClmError] = []
+        for request, key_id in zip(requests, key_ids, strict=True):
+            try:
+                results.append(self._issue(request, authority, key_id, previous.get(f"issue/{key_id}")))
+            except SslClmError as exc:
+                results.append(exc)
+        return results
+
+    def _issue(
+        self, request: IssueRequest, authority: Authority, key_id: str, previous: bytes | None
+    ) -> IssueResult:
         state = self.context.state
-        key_id = hashlib.sha256(request.idempotency_key.encode()).hexdigest()
         csr_digest = hashlib.sha256(request.csr_pem.strip()).hexdigest()
-        previous = state.get(f"issue/{key_id}")
         if previous is not None:
             return self._replay(previous, key_id, csr_digest, authority)
 

@@ -1,0 +1,273 @@
+"""Renewals in batches: one job renews many managed certificates of the built-in CA.
+
+certificate.renew-batch:  start (a key and a CSR for every item; the sealed keys commit with the
+                          move on) → issue (the built-in CA signs every CSR and every certificate is
+                          recorded with multi-row statements, all in one commit) → done.
+
+The scheduler's tick puts the due renewals of ``local`` CA connections that need no approval and
+rotate their key into these jobs, up to ``BATCH_SIZE`` each; every other renewal (a remote CA, an
+approval, key reuse) stays a ``certificate.issue`` job of its own. The guarantees are those of the
+single path: keys are durable before the CA is called, the CA is called with an idempotency key per
+item (so a retried step gets the same certificates back), and the CA's records, the certificates,
+the lineage, the managed certificates' new state and the audit events commit together. An item that
+can no longer be renewed in a batch when its job runs (disabled, its profile now wants approval)
+is handed to a ``certificate.issue`` job of its own, which applies the full rules and reports.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from sqlalchemy import delete, select
+from sqlalchemy.orm import Session
+
+from sslclm.audit.service import AuditContext, PlannedEvent, record_many
+from sslclm.deployments.models import StoreBinding
+from sslclm.deployments.service import ACTIVE, DEPLOY_TASK
+from sslclm.errors import SslClmError
+from sslclm.inventory.models import Certificate, PrivateKey
+from sslclm.inventory.writer import private_key_aad
+from sslclm.jobs import queue
+from sslclm.jobs.registry import task
+from sslclm.jobs.steps import Done, Next, StepContext
+from sslclm.pki import build_csr, generate_private_key, private_key_to_pkcs8_der, public_key_sha256
+from sslclm.pki.ca_tools import csr_to_pem
+from sslclm.spi.ca import CAGateway
+from sslclm.spi.capabilities import Capability, ConnectorKind
+from sslclm.spi.registry import call
+from sslclm.spi.types import IssueRequest, IssueResult, IssueStatus
+from sslclm.workflows.connections import ca_gateway_by_id
+from sslclm.workflows.managed import BATCH_TASK, BATCH_TYPES, ISSUE_TASK
+from sslclm.workflows.models import ManagedCertificate
+from sslclm.workflows.names import check_allowed
+from sslclm.workflows.recording import Issued, Target, load_targets, record_batch, store_sealed_keys
+from sslclm.workflows.state_store import state_in_transaction
+from sslclm.workflows.tasks import PURPOSES
+
+
+def batchable(target: Target) -> bool:
+    """Whether a renewal can go in a batch: built-in CA, no approval, a new key."""
+    return (
+        target.connection_type in BATCH_TYPES
+        and not target.approval_required
+        and target.key_policy != "reuse"
+    )
+
+
+def _audit(ctx: StepContext) -> AuditContext:
+    return AuditContext(actor=f"job:{ctx.job_id}")
+
+
+def _hand_over(ctx: StepContext, managed_ids: Sequence[int]) -> None:
+    """Gives items to single ``certificate.issue`` jobs (full rules, own reports)."""
+    if not managed_ids:
+        return
+    queue.enqueue_many(
+        ctx.session,
+        [
+            queue.JobSpec(
+                kind=ISSUE_TASK,
+                payload={"managed_id": managed_id, "reason": "renew", "requested_by": "scheduler"},
+                dedupe_key=f"issue:{managed_id}",
+                target=f"managed:{managed_id}",
+            )
+            for managed_id in managed_ids
+        ],
+        now=ctx.now,
+    )
+    ctx.progress(f"{len(managed_ids)} renewal(s) handed to jobs of their own")
+
+
+@task(BATCH_TASK)
+def start_batch(ctx: StepContext) -> Next | Done:
+    """Makes a key and a CSR for each item that can still be renewed in the batch."""
+    managed_ids = [int(i) for i in ctx.payload["managed_ids"]]
+    targets = load_targets(ctx.session, managed_ids)
+    items: list[dict[str, Any]] = []
+    key_rows: list[dict[str, Any]] = []
+    elsewhere: list[int] = []
+    for managed_id, target in targets.items():
+        if target.status in ("revoked", "disabled"):
+            continue  # revoked or switched off since the tick: renewing now would undo that decision
+        if not batchable(target):
+            elsewhere.append(managed_id)
+            continue
+        try:
+            check_allowed(target.dns_names, target.ip_addresses, target.allowed_names, target.profile_name)
+        except SslClmError:
+            elsewhere.append(managed_id)  # its own job fails with the reason, on the managed certificate
+            continue
+        key = generate_private_key(target.key_type)
+        fingerprint = public_key_sha256(key)
+        sealed = ctx.platform.envelope.encrypt(private_key_to_pkcs8_der(key), private_key_aad(fingerprint))
+        key_rows.append({"public_key_sha256": fingerprint, "encrypted_pkcs8": sealed, "created_at": ctx.now})
+        csr = csr_to_pem(build_csr(key, target.common_name, target.dns_names, target.ip_addresses)).decode()
+        items.append({"managed_id": managed_id, "public_key_sha256": fingerprint, "csr_pem": csr})
+    _hand_over(ctx, elsewhere)
+    if not items:
+        return Done({"renewed": 0, "handed_over": len(elsewhere)})
+    store_sealed_keys(ctx.session, key_rows)
+    return Next("issue", {"items": items, "handed_over": len(elsewhere)})
+
+
+def _request(ctx: StepContext, target: Target, item: dict[str, Any]) -> IssueRequest:
+    return IssueRequest(
+        csr_pem=str(item["csr_pem"]).encode(),
+        idempotency_key=f"sslclm-job-{ctx.job_id}-{target.managed_id}",
+        names=(*target.dns_names, *target.ip_addresses),
+        common_name=target.common_name,
+        validity_days=target.validity_days,
+        purposes=PURPOSES.get(target.purpose, PURPOSES["server"]),
+        profile=target.options,
+    )
+
+
+def _issue_all(gateway: CAGateway, requests: list[IssueRequest]) -> list[IssueResult | SslClmError]:
+    """Every request's result or refusal; in one go when the gateway can (the built-in CA can)."""
+    issue_many: Callable[[list[IssueRequest]], list[IssueResult | SslClmError]] | None = getattr(
+        gateway, "issue_many", None
+    )
+    if issue_many is not None:
+        return issue_many(requests)
+    results: list[IssueResult | SslClmError] = []
+    for request in requests:
+        try:
+            results.append(call(gateway, Capability.ISSUE, request))
+        except SslClmError as exc:
+            results.append(exc)
+    return results
+
+
+@start_batch.step("issue")
+def issue_batch(ctx: StepContext) -> Done:
+    """Has the built-in CA sign every CSR and records every certificate, in this step's commit."""
+    items = list(ctx.state["items"])
+    targets = load_targets(ctx.session, [int(item["managed_id"]) for item in items])
+    by_connection: dict[int, list[tuple[Target, dict[str, Any]]]] = {}
+    failed: list[tuple[dict[str, Any], str]] = []
+    for item in items:
+        target = targets.get(int(item["managed_id"]))
+        if target is None:
+            failed.append((item, "the managed certificate no longer exists"))
+        else:
+            by_connection.setdefault(target.connection_id, []).append((target, item))
+    issued: list[Issued] = []
+    for connection_id, work in by_connection.items():
+        done, refused = _issue_at(ctx, connection_id, work)
+        issued += done
+        failed += refused
+    reason = str(ctx.payload.get("reason", "renew"))
+    outcomes = record_batch(
+        ctx.session, ctx.platform, issued, job_id=ctx.job_id, reason=reason, actor=_audit(ctx), now=ctx.now
+    )
+    _enqueue_deployments(ctx, outcomes)
+    _record_failures(ctx, failed, reason)
+    return Done(
+        {
+            "renewed": len(outcomes),
+            "failed": len(failed),
+            "handed_over": int(ctx.state.get("handed_over", 0)),
+            "certificate_ids": [o["certificate_id"] for o in outcomes],
+        }
+    )
+
+
+def _issue_at(
+    ctx: StepContext, connection_id: int, work: list[tuple[Target, dict[str, Any]]]
+) -> tuple[list[Issued], list[tuple[dict[str, Any], str]]]:
+    """One CA connection's share of the batch; its state writes go in with one insert at the end."""
+    gateway = ca_gateway_by_id(ctx.platform, ctx.session, connection_id, work[0][0].connection_updated_at)
+    gateway.get_chain()  # the CA's hierarchy is made (and committed) on its own first
+    issued: list[Issued] = []
+    failed: list[tuple[dict[str, Any], str]] = []
+    scope = f"{ConnectorKind.CA_GATEWAY.value}:{connection_id}"
+    requests = [_request(ctx, target, item) for target, item in work]
+    with state_in_transaction(scope, ctx.session, write_behind=True):
+        results = _issue_all(gateway, requests)
+    for (target, item), result in zip(work, results, strict=True):
+        if isinstance(result, SslClmError):
+            if result.http_status >= 500:
+                raise result  # the CA or the database is unwell: the whole step is tried again
+            failed.append((item, result.message))
+        elif result.status is not IssueStatus.ISSUED or result.certificate_pem is None:
+            failed.append((item, "the built-in CA did not issue at once"))
+        else:
+            issued.append(
+                Issued(
+                    target=target,
+                    certificate_pem=result.certificate_pem.decode(),
+                    chain_pem=tuple(pem.decode() for pem in result.chain_pem),
+                    public_key=str(item["public_key_sha256"]),
+                )
+            )
+    return issued, failed
+
+
+def _enqueue_deployments(ctx: StepContext, outcomes: list[dict[str, Any]]) -> None:
+    """Every binding of each renewed managed certificate gets its new certificate (one query)."""
+    if not outcomes:
+        return
+    certificate_for = {int(o["managed_id"]): int(o["certificate_id"]) for o in outcomes}
+    bindings = ctx.session.execute(
+        select(StoreBinding.id, StoreBinding.managed_certificate_id).where(
+            StoreBinding.managed_certificate_id.in_(list(certificate_for)), StoreBinding.status.in_(ACTIVE)
+        )
+    ).all()
+    if not bindings:
+        return
+    queue.enqueue_many(
+        ctx.session,
+        [
+            queue.JobSpec(
+                DEPLOY_TASK,
+                {"binding_id": binding_id, "certificate_id": certificate_for[managed_id], "action": "deploy"},
+                dedupe_key=f"deploy:{binding_id}:deploy:{certificate_for[managed_id]}",
+                target=f"store_binding:{binding_id}",
+            )
+            for binding_id, managed_id in bindings
+        ],
+        now=ctx.now,
+    )
+
+
+def _record_failures(ctx: StepContext, failed: list[tuple[dict[str, Any], str]], reason: str) -> None:
+    """Deletes the keys of items the CA refused and says on each managed certificate why."""
+    if not failed:
+        return
+    _delete_unused_keys(ctx.session, [str(item["public_key_sha256"]) for item, _ in failed])
+    events = []
+    for item, error in failed:
+        managed = ctx.session.get(ManagedCertificate, int(item["managed_id"]))
+        if managed is None:
+            continue
+        managed.status_message = f"{reason} failed (job {ctx.job_id}): {error}"[:2000]
+        managed.updated_at = ctx.now
+        events.append(
+            PlannedEvent(
+                "certificate.issue-failed",
+                "managed_certificate",
+                managed.id,
+                {"job_id": ctx.job_id, "step": ctx.step, "reason": reason, "error": error},
+            )
+        )
+    record_many(ctx.session, _audit(ctx), events, occurred_at=ctx.now)
+
+
+def _delete_unused_keys(session: Session, fingerprints: list[str]) -> None:
+    used = set(
+        session.execute(
+            select(Certificate.public_key_sha256).where(Certificate.public_key_sha256.in_(fingerprints))
+        ).scalars()
+    )
+    unused = [fingerprint for fingerprint in fingerprints if fingerprint not in used]
+    if unused:
+        session.execute(delete(PrivateKey).where(PrivateKey.public_key_sha256.in_(unused)))
+
+
+@start_batch.on_failure
+def batch_failed(ctx: StepContext, error: str) -> None:
+    """A batch that ended failed: its keys go, and each managed certificate says why (it is tried
+    again at its next renewal time, an hour on, like a failed single renewal)."""
+    items = list(ctx.state.get("items", []))
+    _record_failures(ctx, [(item, error) for item in items], str(ctx.payload.get("reason", "renew")))
