@@ -66,13 +66,25 @@ def state_in_transaction(scope: str, session: Session, *, write_behind: bool = F
         _joined.reset(token)
 
 
+# The deferred writes go to the driver's executemany as they are: a multi-row VALUES statement
+# (what SQLAlchemy would build on PostgreSQL) costs more to parse than the inserts themselves.
+_FLUSH = {
+    "postgresql": "INSERT INTO connector_state (scope, key, value, updated_at) VALUES (%s, %s, %s, %s) "
+    "ON CONFLICT (scope, key) DO NOTHING",
+    "sqlite": "INSERT INTO connector_state (scope, key, value, updated_at) VALUES (?, ?, ?, ?) "
+    "ON CONFLICT (scope, key) DO NOTHING",
+}
+
+
 def _flush(scope: str, session: Session, deferred: WriteBehind) -> None:
     connection = session.connection()
-    now = utcnow()
-    rows = [{"scope": scope, "key": k, "value": v, "updated_at": now} for k, v in deferred.pending.items()]
-    inserted = connection.execute(_statements(connection.dialect.name).put_if_absent, rows).all()
-    if len(inserted) != len(rows):
-        raise StateConflictError(len(rows) - len(inserted))
+    # Stored as naive UTC, as the UTCDateTime column type does; SQLite keeps SQLAlchemy's text form.
+    now = utcnow().replace(tzinfo=None)
+    stamp: Any = now if connection.dialect.name == "postgresql" else now.strftime("%Y-%m-%d %H:%M:%S.%f")
+    rows = [(scope, key, value, stamp) for key, value in deferred.pending.items()]
+    inserted = connection.exec_driver_sql(_FLUSH[connection.dialect.name], rows).rowcount
+    if inserted != len(rows):
+        raise StateConflictError(len(rows) - inserted)
     deferred.pending.clear()
 
 
