@@ -116,7 +116,18 @@ class RootGroup(TyperGroup):
 
 
 def build_app() -> typer.Typer:
-    from sslclm.cli import certs, db, jobs, scan, serve, users, workflows
+    from sslclm.cli import (
+        certs,
+        db,
+        deploy,
+        jobs,
+        key_export,
+        scan,
+        serve,
+        stores,
+        users,
+        workflows,
+    )
 
     app = typer.Typer(
         name="sslclm",
@@ -145,9 +156,12 @@ def build_app() -> typer.Typer:
     app.add_typer(users.token_app, name="token")
     app.add_typer(users.audit_app, name="audit")
     certs.register(app)
+    key_export.register(certs.certs_app)
     jobs.register(app)
     scan.register(app)
     workflows.register(app)
+    stores.register(app)
+    deploy.register(app)
     return app
 
 

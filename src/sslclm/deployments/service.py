@@ -13,12 +13,12 @@ from sqlalchemy.orm import Session
 from sslclm.audit.service import AuditContext, record
 from sslclm.core.platform import Platform
 from sslclm.deployments.models import Deployment, StoreBinding
-from sslclm.errors import ConflictError, InvalidInputError, NotFoundError
+from sslclm.errors import ConflictError, InvalidInputError, NotFoundError, NotSupportedError
 from sslclm.inventory.models import Certificate, Issuer
 from sslclm.jobs.models import Job
 from sslclm.jobs.queue import JobSpec, enqueue, enqueue_many
 from sslclm.pki import certificate_to_pem, private_key_to_pem
-from sslclm.spi.capabilities import ConnectorKind
+from sslclm.spi.capabilities import Capability, ConnectorKind
 from sslclm.spi.files import check_alias
 from sslclm.spi.store import AddRequest, CertificateStore
 from sslclm.workflows.connections import build_connector, get_connection
@@ -27,6 +27,7 @@ from sslclm.workflows.models import Connection, ManagedCertificate
 from sslclm.workflows.recording import load_key
 
 DEPLOY_TASK = "certificate.deploy"
+SCAN_TASK = "stores.scan"
 ACTIVE = ("pending", "deploying", "deployed", "failed", "drifted")
 
 
@@ -72,6 +73,20 @@ def describe_binding(binding: StoreBinding, store_name: str | None = None) -> di
         "last_deployed_at": binding.last_deployed_at.isoformat() if binding.last_deployed_at else None,
         "error": binding.error,
         "updated_at": binding.updated_at.isoformat(),
+    }
+
+
+def describe_deployment(deployment: Deployment) -> dict[str, Any]:
+    return {
+        "id": deployment.id,
+        "action": deployment.action,
+        "status": deployment.status,
+        "certificate_id": deployment.certificate_id,
+        "fingerprint": deployment.fingerprint,
+        "job_id": deployment.job_id,
+        "error": deployment.error,
+        "started_at": deployment.started_at,
+        "finished_at": deployment.finished_at,
     }
 
 
@@ -218,7 +233,8 @@ def chain_for(session: Session, certificate: Certificate, *, limit: int = 5) -> 
     for _ in range(limit):
         if current.self_signed:
             break
-        issuer_dn = session.execute(select(Issuer.dn).where(Issuer.id == current.issuer_id)).scalar_one()
+        # One round trip per level: every deployment walks this.
+        issuer_dn = select(Issuer.dn).where(Issuer.id == current.issuer_id).scalar_subquery()
         parent = session.execute(
             select(Certificate)
             .where(Certificate.subject == issuer_dn, Certificate.is_ca.is_(True))
@@ -252,6 +268,20 @@ def add_request_for(
         chain_pem=tuple(certificate_to_pem(c.der) for c in chain_for(session, certificate)),
         private_key_pem=key_pem,
     )
+
+
+def request_scan(
+    session: Session, ctx: AuditContext, platform: Platform, ref: str | int
+) -> tuple[Connection, Job]:
+    """Enqueues a read of the store's inventory into the certificate inventory (one pending per store)."""
+    row = store_connection(session, ref)
+    if Capability.INVENTORY not in build_store(platform, row).capabilities:
+        raise NotSupportedError(f"store type '{row.type_key}' cannot list what it holds", field="store")
+    job = enqueue(
+        session, SCAN_TASK, {"connection_id": row.id}, now=platform.clock(), dedupe_key=f"store-scan:{row.id}"
+    )
+    record(session, ctx, "store.scan-requested", "connection", row.id, {"job_id": job.id})
+    return row, job
 
 
 def build_store(platform: Platform, connection: Connection) -> CertificateStore:

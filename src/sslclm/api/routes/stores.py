@@ -11,12 +11,9 @@ from starlette.responses import Response
 from sslclm.api.deps import AuditDep, PlatformDep, SessionDep, require
 from sslclm.api.routes.certificates import json_response
 from sslclm.api.routes.workflows import ConnectionInput, _connection
-from sslclm.audit.service import record
 from sslclm.auth.permissions import Permission
 from sslclm.deployments import service
-from sslclm.errors import NotSupportedError
-from sslclm.jobs.queue import enqueue
-from sslclm.spi.capabilities import Capability, ConnectorKind
+from sslclm.spi.capabilities import ConnectorKind
 from sslclm.workflows import connections
 
 router = APIRouter(tags=["deployment"])
@@ -68,18 +65,7 @@ def check_store(ref: str, session: SessionDep, platform: PlatformDep, ctx: Audit
     summary="Read what the store holds into the inventory",
 )
 def scan_store(ref: str, session: SessionDep, platform: PlatformDep, ctx: AuditDep) -> Response:
-    row = service.store_connection(session, ref)
-    store = service.build_store(platform, row)
-    if Capability.INVENTORY not in store.capabilities:
-        raise NotSupportedError(f"store type '{row.type_key}' cannot list what it holds", field="store")
-    job = enqueue(
-        session,
-        "stores.scan",
-        {"connection_id": row.id},
-        now=platform.clock(),
-        dedupe_key=f"store-scan:{row.id}",
-    )
-    record(session, ctx, "store.scan-requested", "connection", row.id, {"job_id": job.id})
+    row, job = service.request_scan(session, ctx, platform, ref)
     session.commit()
     return json_response({"job_id": job.id, "store_id": row.id}, status_code=202)
 
@@ -133,20 +119,7 @@ def create_binding(body: BindingBody, session: SessionDep, platform: PlatformDep
 @router.get("/bindings/{binding_id}", dependencies=[CanRead], summary="One binding and its deployments")
 def get_binding(binding_id: int, session: SessionDep) -> Response:
     binding = service.get_binding(session, binding_id)
-    deployments = [
-        {
-            "id": d.id,
-            "action": d.action,
-            "status": d.status,
-            "certificate_id": d.certificate_id,
-            "fingerprint": d.fingerprint,
-            "job_id": d.job_id,
-            "error": d.error,
-            "started_at": d.started_at,
-            "finished_at": d.finished_at,
-        }
-        for d in service.history(session, binding_id)
-    ]
+    deployments = [service.describe_deployment(d) for d in service.history(session, binding_id)]
     return json_response({**service.describe_binding(binding), "deployments": deployments})
 
 
