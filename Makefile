@@ -24,7 +24,7 @@ run: $(VENV)/.installed
 
 # Debian packages used by the real-component tests; installed only when root and missing.
 system-deps:
-	@./scripts/system-deps.sh nginx-light libnginx-mod-mail pebble haproxy golang-go golang-github-smallstep-certificates-dev gcc libc6-dev
+	@./scripts/system-deps.sh nginx-light libnginx-mod-mail pebble haproxy golang-go golang-github-smallstep-certificates-dev gcc libc6-dev chromium
 
 deps: $(VENV)/.installed-dev system-deps
 

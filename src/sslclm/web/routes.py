@@ -1,4 +1,4 @@
-"""The UI's front door: login, logout and the home page.
+"""The UI's front door: login and logout (the pages behind it live in ``sslclm.web.pages``).
 
 Pages use the same session cookie as ``POST /api/v1/auth/login``. A page that needs a login answers
 401 with the login form itself (no redirect), so the address bar keeps the page to return to.
@@ -12,7 +12,7 @@ import secrets
 from typing import Annotated
 from urllib.parse import urlsplit
 
-from fastapi import APIRouter, Depends, Form, Query, Request
+from fastapi import APIRouter, Form, Query, Request
 from fastapi.responses import RedirectResponse
 from fastapi.templating import Jinja2Templates
 from starlette.responses import Response
@@ -21,9 +21,11 @@ from sslclm.api.deps import SESSION_COOKIE, PlatformDep, SessionDep, get_princip
 from sslclm.api.routes.auth import anonymous_context, clear_session_cookie, set_session_cookie
 from sslclm.audit.service import AuditContext
 from sslclm.auth import service
-from sslclm.auth.principal import Principal
 from sslclm.auth.schemas import MAX_PASSWORD
 from sslclm.errors import AuthenticationError
+from sslclm.web.common import SECURITY_HEADERS, LoginRequiredError, WebPrincipal, web_principal
+
+__all__ = ["LoginRequiredError", "login_required_page", "root_router", "router", "safe_next", "web_principal"]
 
 router = APIRouter(include_in_schema=False)
 root_router = APIRouter(include_in_schema=False)
@@ -31,30 +33,6 @@ root_router = APIRouter(include_in_schema=False)
 HOME = "/ui/"
 LOGIN = "/ui/login"
 LOGIN_CSRF_COOKIE = "sslclm_login_csrf"
-SECURITY_HEADERS = {
-    "Content-Security-Policy": (
-        "default-src 'self'; img-src 'self' data:; frame-ancestors 'none'; "
-        "form-action 'self'; base-uri 'none'"
-    ),
-    "X-Frame-Options": "DENY",
-    "Referrer-Policy": "same-origin",
-    "Cache-Control": "no-store",
-}
-
-
-class LoginRequiredError(AuthenticationError):
-    """Log in to see this page."""
-
-
-async def web_principal(request: Request) -> Principal:
-    """``get_principal`` for pages: a failure shows the login form instead of a JSON problem."""
-    try:
-        return await get_principal(request)
-    except AuthenticationError as exc:
-        raise LoginRequiredError(exc.message) from None
-
-
-WebPrincipal = Annotated[Principal, Depends(web_principal)]
 
 
 def safe_next(value: str | None) -> str:
@@ -182,10 +160,3 @@ def logout(request: Request, principal: WebPrincipal, session: SessionDep) -> Re
     response = RedirectResponse(LOGIN, status_code=303, headers=SECURITY_HEADERS)
     clear_session_cookie(response)
     return response
-
-
-@router.get("/")
-def home(request: Request, principal: WebPrincipal) -> Response:
-    return _templates(request).TemplateResponse(
-        request, "home.html", {"principal": principal}, headers=SECURITY_HEADERS
-    )

@@ -1,0 +1,288 @@
+"""The console in a real browser: Debian's headless Chromium, driven by Playwright, against a real
+``sslclm serve`` (HTTPS, embedded worker) on loopback.
+
+One server and one browser for the module; each test signs in its own browser context.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives.serialization import Encoding
+from playwright.sync_api import Browser, BrowserContext, Page, expect, sync_playwright
+
+from support.certs import make_ca, make_leaf
+from support.tls_threads import ServerThread
+from support.tls_zoo import Pki, server_context, write_identity
+
+SSLCLM = Path(sys.executable).with_name("sslclm")
+CHROMIUM = "/usr/bin/chromium"
+ADMIN_PASSWORD = "a long and sturdy admin passphrase"
+VIEWER_PASSWORD = "a viewer's own long passphrase"
+XSS_CN = "<script>alert(1)</script>"
+SCREENSHOTS = Path(
+    os.environ.get("SSLCLM_SCREENSHOTS", Path(__file__).resolve().parents[2] / "docs" / "screenshots")
+)
+JOB_TIMEOUT_MS = 120_000
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+@pytest.fixture(scope="module")
+def base_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    home = tmp_path_factory.mktemp("serve-home")
+    log = home.parent / "serve.log"
+    port = _free_port()
+    env = {key: value for key, value in os.environ.items() if not key.startswith("SSLCLM_")}
+    env.update(SSLCLM_HOME=str(home), SSLCLM_ADMIN_PASSWORD=ADMIN_PASSWORD)
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [str(SSLCLM), "serve", "--port", str(port)], env=env, stdout=out, stderr=subprocess.STDOUT
+        )
+    deadline = time.monotonic() + 120
+    while True:
+        assert process.poll() is None, log.read_text()
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                break
+        except OSError:
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.2)
+    yield f"https://127.0.0.1:{port}"
+    process.send_signal(signal.SIGINT)
+    try:
+        process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    # Playwright launches Chromium with a fresh temporary profile of its own each time.
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(
+            executable_path=CHROMIUM,
+            headless=True,
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-quic",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+            ],
+        )
+        yield launched
+        launched.close()
+
+
+def _context(browser: Browser, base_url: str) -> BrowserContext:
+    # The server's certificate comes from its own CA, which this fresh browser profile does not trust.
+    context = browser.new_context(
+        base_url=base_url, ignore_https_errors=True, viewport={"width": 1366, "height": 900}
+    )
+    context.set_default_timeout(30_000)
+    return context
+
+
+def _sign_in(context: BrowserContext, username: str, password: str) -> Page:
+    page = context.new_page()
+    alerts: list[str] = []
+    page.on("dialog", lambda dialog: (alerts.append(dialog.message), dialog.accept()))
+    page.alerts = alerts  # type: ignore[attr-defined]
+    page.goto("/ui/")
+    page.get_by_label("Username").fill(username)
+    page.get_by_label("Password").fill(password)
+    page.get_by_role("button", name="Log in").click()
+    expect(page.get_by_role("heading", name="Dashboard")).to_be_visible()
+    return page
+
+
+@pytest.fixture(scope="module")
+def admin(browser: Browser, base_url: str) -> Iterator[Page]:
+    context = _context(browser, base_url)
+    yield _sign_in(context, "admin", ADMIN_PASSWORD)
+    context.close()
+
+
+def _csrf(page: Page) -> str:
+    token = page.locator('input[name="csrf_token"]').first.get_attribute("value")
+    assert token
+    return token
+
+
+def _wait_for_status(page: Page, selector: str, wanted: str) -> None:
+    """The page reloads itself while the job or scan runs (static/console.js)."""
+    expect(page.locator(f"{selector} .status")).to_have_text(wanted, timeout=JOB_TIMEOUT_MS)
+
+
+def test_sign_in_import_search_filter_and_open(admin: Page, tmp_path: Path) -> None:
+    ca = make_ca("Console Test Root")
+    files = [tmp_path / "root.pem"]
+    files[0].write_bytes(ca.cert.public_bytes(Encoding.PEM))
+    for i, (name, days) in enumerate(
+        [("shop.example.com", 5), ("api.example.com", 25), ("mail.example.com", 200)]
+    ):
+        path = tmp_path / f"leaf{i}.pem"
+        path.write_bytes(make_leaf(ca, name, days=days).cert.public_bytes(Encoding.PEM))
+        files.append(path)
+    xss = tmp_path / "xss.pem"
+    xss.write_bytes(make_leaf(ca, XSS_CN, sans=["xss.example.com"]).cert.public_bytes(Encoding.PEM))
+    files.append(xss)
+
+    admin.get_by_role("link", name="Inventory").click()
+    admin.get_by_role("link", name="Import").click()
+    admin.get_by_label("Files (PEM, DER, P7B, PKCS#12, JKS)").set_input_files([str(f) for f in files])
+    admin.get_by_role("button", name="Import").click()
+    expect(admin.get_by_role("status")).to_contain_text("Imported 5")
+
+    admin.goto("/ui/certificates")
+    admin.get_by_label("Search").fill("example.com")
+    admin.get_by_role("button", name="Search").click()
+    expect(admin.locator("table.inventory tbody tr")).to_have_count(4)
+    admin.get_by_label("expiring").check()
+    admin.get_by_role("button", name="Search").click()
+    rows = admin.locator("table.inventory tbody tr")
+    expect(rows).to_have_count(2)
+    expect(rows.first).to_contain_text("shop.example.com")
+    admin.get_by_role("link", name="Common name").click()
+    expect(rows.first).to_contain_text("api.example.com")
+    admin.screenshot(path=str(SCREENSHOTS / "inventory.png"), full_page=True)
+
+    admin.get_by_role("link", name="shop.example.com").click()
+    expect(admin.get_by_role("heading", name="shop.example.com")).to_be_visible()
+    expect(admin.locator("dl.fields").first).to_contain_text("Console Test Root")
+    expect(admin.locator("ol.chain li")).to_have_count(2)
+    expect(admin.get_by_role("link", name="Download PEM")).to_be_visible()
+    admin.screenshot(path=str(SCREENSHOTS / "certificate.png"), full_page=True)
+
+    admin.get_by_role("link", name="Dashboard").click()
+    expect(admin.locator("svg.bars").first).to_be_visible()
+    admin.screenshot(path=str(SCREENSHOTS / "dashboard.png"), full_page=True)
+
+
+def test_a_hostile_common_name_renders_as_text(admin: Page) -> None:
+    admin.goto("/ui/certificates?q=xss.example.com")
+    cell = admin.locator("td.name a")
+    expect(cell).to_have_text(XSS_CN)
+    cell.click()
+    expect(admin.locator("h1")).to_contain_text(XSS_CN)
+    assert admin.evaluate("document.querySelectorAll('main script').length") == 0
+    assert admin.alerts == []  # type: ignore[attr-defined]
+
+
+def test_enroll_through_the_local_ca_watch_the_job_and_revoke(admin: Page) -> None:
+    # Profiles have no screen yet: create the CA connection in the console, the profile through the
+    # API with the same browser session (cookie and CSRF header), as the console's own pages would.
+    admin.goto("/ui/connectors")
+    admin.get_by_role("link", name=re.compile(r"^Add .*", re.I)).filter(
+        has_text=re.compile("local", re.I)
+    ).first.click()
+    admin.get_by_label("Connection name").fill("internal")
+    admin.get_by_role("button", name="Create").click()
+    expect(admin.get_by_role("status")).to_have_text("Created.")
+    admin.get_by_role("row", name=re.compile("internal")).get_by_role("button", name="Check").click()
+    expect(admin.get_by_role("status")).to_have_text("Connection checked.")
+    created = admin.request.post(
+        "/api/v1/profiles",
+        data={"name": "web", "ca_connection": "internal"},
+        headers={"X-CSRF-Token": _csrf(admin)},
+    )
+    assert created.status == 201, created.text()
+
+    admin.get_by_role("link", name="Managed").click()
+    admin.get_by_role("link", name="Enroll a certificate").click()
+    admin.get_by_label("Profile").select_option("web")
+    admin.get_by_label("DNS names (one per line or comma-separated)").fill("enrolled.example.com")
+    admin.get_by_role("button", name="Check against policy").click()
+    expect(admin.locator("main")).to_contain_text(re.compile("No policy objections|Policy objections"))
+    admin.get_by_role("button", name="Enroll").click()
+    expect(admin).to_have_url(re.compile(r"/ui/jobs/\d+"))
+    _wait_for_status(admin, "#job-status", "succeeded")
+
+    admin.get_by_role("link", name="Managed").click()
+    admin.get_by_role("link", name="enrolled.example.com").click()
+    admin.get_by_role("link", name=re.compile(r"^certificate \d+$")).click()
+    expect(admin.get_by_role("button", name="Renew")).to_be_visible()
+    admin.get_by_label("Reason").select_option("key-compromise")
+    admin.get_by_role("button", name="Revoke").click()  # the confirmation dialog is accepted
+    expect(admin).to_have_url(re.compile(r"/ui/jobs/\d+"))
+    _wait_for_status(admin, "#job-status", "succeeded")
+    admin.go_back()
+    admin.reload()
+    expect(admin.locator("h1 .status")).to_have_text("revoked")
+    expect(admin.locator("dl.fields").first).to_contain_text("key-compromise")
+
+
+def test_scan_a_loopback_endpoint(admin: Page, tmp_path: Path) -> None:
+    pki = Pki.create("Console")
+    with ServerThread() as servers:
+        server = servers.serve(
+            ssl_context=server_context(
+                *write_identity(tmp_path, "web", pki.leaf("127.0.0.1"), [pki.intermediate])
+            )
+        )
+        admin.get_by_role("link", name="Discovery").click()
+        admin.get_by_label("Targets (hostnames, addresses, CIDR blocks, ranges; one per line)").fill(
+            f"127.0.0.1:{server.port}"
+        )
+        admin.get_by_label("Extra trusted roots (PEM)").fill(pki.root.pem.decode())
+        admin.get_by_label("Name", exact=True).fill("loopback")
+        admin.get_by_role("button", name="Start scan").click()
+        expect(admin).to_have_url(re.compile(r"/ui/scans/\d+"))
+        _wait_for_status(admin, "#scan-status", "succeeded")
+    results = admin.locator("table tbody tr")
+    expect(results).to_have_count(1)
+    expect(results.first).to_contain_text(f"127.0.0.1:{server.port}")
+    expect(results.first).to_contain_text("127.0.0.1")
+    expect(admin.locator("main")).to_contain_text("certificates new: 1")
+
+
+def test_a_viewer_sees_no_action_buttons(admin: Page, browser: Browser, base_url: str) -> None:
+    admin.get_by_role("link", name="Users").click()
+    admin.get_by_label("Username", exact=True).fill("watcher")
+    admin.get_by_label("Password", exact=True).fill(VIEWER_PASSWORD)
+    admin.get_by_label("Role", exact=True).select_option("viewer")
+    admin.get_by_role("button", name="Create user").click()
+    expect(admin.get_by_role("status")).to_have_text("Created.")
+
+    context = _context(browser, base_url)
+    viewer = _sign_in(context, "watcher", VIEWER_PASSWORD)
+    try:
+        viewer.goto("/ui/certificates?q=example.com")
+        certificate_page = viewer.locator("td.name a").first.get_attribute("href")
+        for path in (
+            "/ui/",
+            "/ui/certificates?q=example.com",
+            str(certificate_page),
+            "/ui/managed",
+            "/ui/jobs",
+            "/ui/scans",
+            "/ui/connectors",
+        ):
+            viewer.goto(path)
+            expect(viewer.locator("main")).to_be_visible()
+            assert viewer.locator("main form[method=post]").count() == 0, path
+            for name in ("Renew", "Revoke", "Apply", "Retry", "Cancel", "Check", "Start scan", "Enroll"):
+                assert viewer.get_by_role("button", name=name, exact=True).count() == 0, (path, name)
+        expect(viewer.get_by_role("link", name="Audit log")).to_have_count(0)
+    finally:
+        context.close()
