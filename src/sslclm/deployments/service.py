@@ -226,25 +226,37 @@ def undeploy(session: Session, ctx: AuditContext, binding_id: int, *, now: datet
     return job
 
 
-def chain_for(session: Session, certificate: Certificate, *, limit: int = 5) -> list[Certificate]:
-    """The issuing CAs above ``certificate`` that the inventory holds, nearest first, without the root."""
-    chain: list[Certificate] = []
+@dataclass(frozen=True, slots=True)
+class _ChainLink:
+    der: bytes
+    self_signed: bool
+    issuer_id: int
+
+
+# Only the columns a deployment uses: loading whole inventory rows costs more than the rest of the query.
+_LINK_COLUMNS = (Certificate.der, Certificate.self_signed, Certificate.issuer_id)
+
+
+def chain_for(session: Session, certificate: _ChainLink, *, limit: int = 5) -> list[bytes]:
+    """The DER of the issuing CAs above ``certificate`` that the inventory holds, nearest first, without
+    the root."""
+    chain: list[bytes] = []
     current = certificate
     for _ in range(limit):
         if current.self_signed:
             break
         # One round trip per level: every deployment walks this.
         issuer_dn = select(Issuer.dn).where(Issuer.id == current.issuer_id).scalar_subquery()
-        parent = session.execute(
-            select(Certificate)
+        row = session.execute(
+            select(*_LINK_COLUMNS)
             .where(Certificate.subject == issuer_dn, Certificate.is_ca.is_(True))
             .order_by(Certificate.not_after.desc())
             .limit(1)
-        ).scalar_one_or_none()
-        if parent is None or parent.self_signed:
+        ).first()
+        if row is None or row.self_signed:
             break
-        chain.append(parent)
-        current = parent
+        chain.append(row.der)
+        current = _ChainLink(row.der, row.self_signed, row.issuer_id)
     return chain
 
 
@@ -252,20 +264,25 @@ def add_request_for(
     session: Session, platform: Platform, store: CertificateStore, alias: str, certificate_id: int
 ) -> AddRequest:
     """What to give the store for ``certificate_id``: certificate, chain and, if it needs it, the key."""
-    certificate = session.get(Certificate, certificate_id)
-    if certificate is None:
+    row = session.execute(
+        select(*_LINK_COLUMNS, Certificate.has_private_key, Certificate.public_key_sha256).where(
+            Certificate.id == certificate_id
+        )
+    ).first()
+    if row is None:
         raise NotFoundError(f"certificate {certificate_id} no longer exists", field="certificate")
     key_pem = None
     if needs_private_key(store):
-        if not certificate.has_private_key:
+        if not row.has_private_key:
             raise ConflictError(
                 "the platform does not hold this certificate's private key", field="certificate"
             )
-        key_pem = private_key_to_pem(load_key(session, platform, certificate.public_key_sha256))
+        key_pem = private_key_to_pem(load_key(session, platform, row.public_key_sha256))
+    chain = chain_for(session, _ChainLink(row.der, row.self_signed, row.issuer_id))
     return AddRequest(
         alias=alias,
-        certificate_pem=certificate_to_pem(certificate.der),
-        chain_pem=tuple(certificate_to_pem(c.der) for c in chain_for(session, certificate)),
+        certificate_pem=certificate_to_pem(row.der),
+        chain_pem=tuple(certificate_to_pem(der) for der in chain),
         private_key_pem=key_pem,
     )
 

@@ -1,10 +1,12 @@
 """The deployment workflow as job steps, the drift check and store scans into the inventory.
 
-certificate.deploy:   start (history row) → deploy (store add, reload) → verify (read back; TLS handshake
-                      when the binding names an endpoint) → done. A failure in deploy or verify puts
-                      back what the store held before (the store's own previous set, else the previously
-                      deployed certificate, else nothing), reloads again, and fails the job with the
-                      reason; the failure hook marks the binding failed.
+certificate.deploy:   start (history row) → deploy (store add, reload) → verify (read back unless the
+                      store confirms its writes; TLS handshake when the binding names an endpoint) →
+                      done. Without an endpoint all of it runs in the start step, one commit.
+                      A failure in deploy or verify puts back what the store held before (the
+                      store's own previous set, else the previously deployed certificate, else
+                      nothing), reloads again, and fails the job with the reason; the failure hook
+                      marks the binding failed.
                       With action "undeploy": start → remove (store remove, reload) → done.
 deployments.drift:    hourly, compares what each store holds under each deployed alias with what the
                       platform deployed there and marks differences "drifted".
@@ -59,10 +61,14 @@ def _audit(ctx: StepContext) -> AuditContext:
 
 def _binding_and_store(ctx: StepContext) -> tuple[StoreBinding, Connection, CertificateStore]:
     binding = get_binding(ctx.session, int(ctx.payload["binding_id"]))
+    return (binding, *_store_of(ctx, binding))
+
+
+def _store_of(ctx: StepContext, binding: StoreBinding) -> tuple[Connection, CertificateStore]:
     connection = ctx.session.get(Connection, binding.store_connection_id)
     if connection is None:
         raise NotFoundError("the binding's store no longer exists", field="store")
-    return binding, connection, build_store(ctx.platform, connection)
+    return connection, build_store(ctx.platform, connection)
 
 
 def fingerprint_of(pem: bytes) -> str:
@@ -120,8 +126,9 @@ def rollback(ctx: StepContext, binding: StoreBinding, store: CertificateStore, *
 
 
 @task(DEPLOY_TASK)
-def start_deploy(ctx: StepContext) -> Next:
-    """Writes the history row; the store is touched in the next step."""
+def start_deploy(ctx: StepContext) -> Next | Done:
+    """Writes the history row. A deployment with no endpoint to verify goes on in this same step (one
+    commit per deployment instead of three); otherwise the store is touched in the next step."""
     binding = get_binding(ctx.session, int(ctx.payload["binding_id"]))
     action = str(ctx.payload.get("action", "deploy"))
     certificate_id = int(ctx.payload["certificate_id"]) or None
@@ -137,12 +144,25 @@ def start_deploy(ctx: StepContext) -> Next:
     binding.status = "deploying" if action == "deploy" else binding.status
     binding.updated_at = ctx.now
     ctx.session.flush()
+    if action == "deploy" and not binding.verify_host:
+        connection, store = _store_of(ctx, binding)
+        return _deploy(ctx, binding, connection, store, deployment.id)
     return Next("deploy" if action == "deploy" else "remove", {"deployment_id": deployment.id})
 
 
 @start_deploy.step("deploy")
-def deploy_to_store(ctx: StepContext) -> Next:
+def deploy_to_store(ctx: StepContext) -> Next | Done:
     binding, connection, store = _binding_and_store(ctx)
+    return _deploy(ctx, binding, connection, store, ctx.state.get("deployment_id"))
+
+
+def _deploy(
+    ctx: StepContext,
+    binding: StoreBinding,
+    connection: Connection,
+    store: CertificateStore,
+    deployment_id: int | None,
+) -> Next | Done:
     request = add_request_for(
         ctx.session, ctx.platform, store, binding.alias, int(ctx.payload["certificate_id"])
     )
@@ -159,14 +179,25 @@ def deploy_to_store(ctx: StepContext) -> Next:
             retryable=bool(getattr(exc, "retryable", False)),
         ) from exc
     ctx.progress(f"deployed to store '{connection.name}' as '{binding.alias}'")
-    return Next(
-        "verify", {"replaced": added.replaced, "fingerprint": fingerprint_of(request.certificate_pem)}
+    expected = fingerprint_of(request.certificate_pem)
+    if binding.verify_host:
+        return Next("verify", {"replaced": added.replaced, "fingerprint": expected})
+    # Nothing to wait for (no endpoint to re-scan): verifying here saves a step, and its commit, per
+    # deployment; a crash before the commit reruns the step, and adding again is harmless.
+    return _verify_and_finish(
+        ctx, binding, connection, store, expected, replaced=added.replaced, deployment_id=deployment_id
     )
+
+
+def confirms_writes(store: CertificateStore) -> bool:
+    """Whether the store's ``add`` returns only once the content is stored and readable (a cloud API
+    answering with the new version), so that reading it straight back proves nothing more."""
+    return bool(getattr(store, "confirms_writes", False))
 
 
 def _check_deployed(binding: StoreBinding, store: CertificateStore, expected: str) -> str | None:
     """Why the store or the endpoint does not hold ``expected``, or None when both do."""
-    if Capability.INVENTORY in store.capabilities:
+    if Capability.INVENTORY in store.capabilities and not confirms_writes(store):
         entry = read_entry(store, binding.alias)
         if entry is None:
             return f"the store holds nothing under '{binding.alias}'"
@@ -188,12 +219,27 @@ def _check_deployed(binding: StoreBinding, store: CertificateStore, expected: st
 def verify_deployment(ctx: StepContext) -> Done:
     binding, connection, store = _binding_and_store(ctx)
     expected = str(ctx.state["fingerprint"])
+    return _verify_and_finish(
+        ctx, binding, connection, store, expected, replaced=bool(ctx.state.get("replaced", True))
+    )
+
+
+def _verify_and_finish(
+    ctx: StepContext,
+    binding: StoreBinding,
+    connection: Connection,
+    store: CertificateStore,
+    expected: str,
+    *,
+    replaced: bool,
+    deployment_id: int | None = None,
+) -> Done:
     try:
         problem = _check_deployed(binding, store, expected)
     except Exception as exc:
         problem = f"verification failed: {getattr(exc, 'message', str(exc))}"
     if problem is not None:
-        undone = rollback(ctx, binding, store, replaced=bool(ctx.state.get("replaced", True)))
+        undone = rollback(ctx, binding, store, replaced=replaced)
         raise ConnectorError(f"{problem} ({undone})", retryable=False)
     certificate_id = int(ctx.payload["certificate_id"])
     binding.status = "deployed"
@@ -202,7 +248,7 @@ def verify_deployment(ctx: StepContext) -> Done:
     binding.last_deployed_certificate_id = certificate_id
     binding.last_deployed_at = ctx.now
     binding.updated_at = ctx.now
-    _finish_history(ctx, "succeeded", None, fingerprint=expected)
+    _finish_history(ctx, "succeeded", None, fingerprint=expected, deployment_id=deployment_id)
     record(
         ctx.session,
         _audit(ctx),
@@ -239,9 +285,14 @@ def remove_from_store(ctx: StepContext) -> Done:
 
 
 def _finish_history(
-    ctx: StepContext, status: str, error: str | None, *, fingerprint: str | None = None
+    ctx: StepContext,
+    status: str,
+    error: str | None,
+    *,
+    fingerprint: str | None = None,
+    deployment_id: int | None = None,
 ) -> None:
-    deployment_id = ctx.state.get("deployment_id")
+    deployment_id = deployment_id or ctx.state.get("deployment_id")
     deployment = ctx.session.get(Deployment, int(deployment_id)) if deployment_id else None
     if deployment is not None:
         deployment.status = status
@@ -258,6 +309,20 @@ def deploy_failed(ctx: StepContext, error: str) -> None:
     binding.status = "failed"
     binding.error = error[:2000]
     binding.updated_at = ctx.now
+    if ctx.state.get("deployment_id") is None:
+        # The history row was written by the step that failed, and went with its rollback.
+        ctx.session.add(
+            Deployment(
+                binding_id=binding.id,
+                certificate_id=int(ctx.payload["certificate_id"]) or None,
+                action=str(ctx.payload.get("action", "deploy")),
+                job_id=ctx.job_id,
+                status="failed",
+                error=error[:2000],
+                started_at=ctx.now,
+                finished_at=ctx.now,
+            )
+        )
     _finish_history(ctx, "failed", error[:2000])
     record(
         ctx.session,
