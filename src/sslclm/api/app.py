@@ -14,6 +14,7 @@ from sslclm import __version__
 from sslclm.api.deps import TokenCache
 from sslclm.api.errors import install_error_handlers
 from sslclm.api.routes import ROUTERS
+from sslclm.api.routes.metrics import root_router as metrics_root_router
 from sslclm.api.routes.workflows import challenge_router as acme_challenge_router
 from sslclm.core.config import Settings
 from sslclm.core.platform import Platform
@@ -60,6 +61,7 @@ def create_app(settings: Settings | None = None, *, platform: Platform | None = 
     for router in ROUTERS:
         app.include_router(router, prefix=API_PREFIX)
     app.include_router(acme_challenge_router)
+    app.include_router(metrics_root_router)  # /metrics, where Prometheus scrapes by default
     _mount_web(app)
     return app
 

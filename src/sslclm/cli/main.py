@@ -117,11 +117,14 @@ class RootGroup(TyperGroup):
 
 def build_app() -> typer.Typer:
     from sslclm.cli import (
+        agents,
         certs,
         db,
         deploy,
         jobs,
         key_export,
+        policy,
+        report,
         scan,
         serve,
         stores,
@@ -162,6 +165,10 @@ def build_app() -> typer.Typer:
     workflows.register(app)
     stores.register(app)
     deploy.register(app)
+    policy.register(app)
+    report.register(app)
+    app.add_typer(agents.agents_app, name="agents")
+    app.add_typer(agents.agent_app, name="agent")
     return app
 
 

@@ -102,6 +102,16 @@ def register(app: typer.Typer) -> None:
                 "--log-level", help=f"Server log level: {', '.join(LOG_LEVELS)} (default SSLCLM_LOG_LEVEL)."
             ),
         ] = None,
+        agent_port: Annotated[
+            int | None,
+            typer.Option(
+                "--agent-port",
+                min=1,
+                max=65535,
+                envvar="SSLCLM_AGENT_PORT",
+                help="Also serve the agents (mutual TLS) on this port.",
+            ),
+        ] = None,
     ) -> None:
         """Run the platform: API under /api/v1, web UI under /ui/, over HTTPS with the internal CA.
 
@@ -122,6 +132,12 @@ def register(app: typer.Typer) -> None:
                 f"SSLCLM_LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}", field="log_level"
             )
         check_port_free(host, port)
+        if agent_port is not None:
+            if http:
+                raise ConfigurationError("the agent listener needs TLS; drop --http", field="agent_port")
+            if agent_port == port:
+                raise ConfigurationError("--agent-port must differ from --port", field="agent_port")
+            check_port_free(host, agent_port)
         with opened_platform(settings) as platform:
             creds = ensure_first_admin(platform)
             tls: ServerTls | None = None if http else ensure_server_tls(platform, host)
@@ -133,6 +149,11 @@ def register(app: typer.Typer) -> None:
             ]
             if tls is not None:
                 lines.append(f"CA cert:     {url}/api/v1/system/ca.pem (file: {tls.ca_file})")
+            if agent_port is not None:
+                agent_url = base_url(settings, host, agent_port, https=True)
+                lines.append(
+                    f"Agents:      {agent_url} (mutual TLS; sslclm agent register --server {agent_url})"
+                )
             lines.extend(admin_lines(creds))
             lines.append(f"Jobs:        {jobs_line(settings)}")
             typer.echo("\n".join(lines))
@@ -142,10 +163,12 @@ def register(app: typer.Typer) -> None:
                     "use --http only behind a TLS-terminating proxy",
                     err=True,
                 )
-            _run_server(platform, host, port, tls, level)
+            _run_server(platform, host, port, tls, level, agent_port)
 
 
-def _run_server(platform: Platform, host: str, port: int, tls: ServerTls | None, log_level: str) -> None:
+def _run_server(
+    platform: Platform, host: str, port: int, tls: ServerTls | None, log_level: str, agent_port: int | None
+) -> None:
     # Imported here: every other command starts faster without the web stack loaded.
     import uvicorn
 
@@ -162,6 +185,14 @@ def _run_server(platform: Platform, host: str, port: int, tls: ServerTls | None,
         ssl_certfile=str(tls.cert_file) if tls else None,
         ssl_keyfile=str(tls.key_file) if tls else None,
     )
+    if agent_port is not None and tls is not None:
+        from sslclm.agents.listener import agent_listener_config, run_with_agent_listener
+
+        agent_config = agent_listener_config(
+            platform, host=host, port=agent_port, tls=tls, log_level=log_level
+        )
+        run_with_agent_listener(config, agent_config)
+        return
     # uvicorn logs and exits with status 1 itself when it cannot bind (port in use, no permission).
     uvicorn.Server(config).run()
 

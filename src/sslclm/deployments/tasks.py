@@ -38,6 +38,7 @@ from sslclm.errors import ConnectorError, NotFoundError, SslClmError
 from sslclm.inventory.writer import InventoryWriter, ParsedFile
 from sslclm.jobs.registry import periodic, task
 from sslclm.jobs.steps import Done, Next, StepContext
+from sslclm.notifications.events import raise_drift
 from sslclm.pki import compute_fingerprint, load_bundle
 from sslclm.spi.capabilities import Capability
 from sslclm.spi.files import split_certificates
@@ -368,6 +369,14 @@ def drift_check(ctx: StepContext) -> Next | Done:
                 "store_binding",
                 binding.id,
                 {"store": connection.name, "alias": binding.alias, "finding": problem},
+            )
+            raise_drift(
+                ctx.session,
+                binding_id=binding.id,
+                store=connection.name,
+                alias=binding.alias,
+                finding=problem,
+                now=ctx.now,
             )
     if len(rows) == DRIFT_BATCH:
         return Next("start", {"after_id": rows[-1][0].id, "drifted": drifted, "checked": checked})

@@ -29,6 +29,7 @@ from sslclm.discovery.models import Endpoint, EndpointObservation, ScanEndpointR
 from sslclm.inventory.models import Sighting
 from sslclm.inventory.writer import InventoryWriter, ParsedFile
 from sslclm.pki import CertificateInfo, parse_certificate
+from sslclm.policies.incremental import certificates_written
 
 SOURCE = "tls-scan"
 SIGHTING_KIND = "endpoint"
@@ -68,7 +69,10 @@ class ResultRecorder:
     def __init__(self, platform: Platform, scan_id: int | None) -> None:
         self.platform = platform
         self.scan_id = scan_id
-        self.writer = InventoryWriter(platform, source=SOURCE, sighting_kind=SIGHTING_KIND)
+        # Policies are evaluated once the endpoint rows (which the checks read) are written.
+        self.writer = InventoryWriter(
+            platform, source=SOURCE, sighting_kind=SIGHTING_KIND, evaluate_policies=False
+        )
         self._parsed: OrderedDict[bytes, CertificateInfo | None] = OrderedDict()
 
     def _info(self, der: bytes) -> CertificateInfo | None:
@@ -217,6 +221,13 @@ class ResultRecorder:
                 },
             )
             session.execute(stmt, summaries)
+        # What each endpoint serves feeds the trust, hostname, TLS version and blast-radius checks:
+        # the certificates served now and those served before are evaluated again.
+        served_ids = {v["certificate_id"] for v in updates.values() if "certificate_id" in v}
+        previous_ids = {current for _, current, _ in existing.values() if current is not None}
+        certificates_written(
+            session, written.new_ids if written else (), now=now, also=served_ids | previous_ids
+        )
         return BatchOutcome(
             results=len(results),
             ok=ok,

@@ -31,6 +31,7 @@ from sslclm.discovery.service import SCAN_TASK, scanner_options, target_set
 from sslclm.errors import SslClmError
 from sslclm.jobs import Done, Next, StepContext, task
 from sslclm.jobs.models import Job
+from sslclm.notifications.events import raise_new_certificates
 
 log = logging.getLogger(__name__)
 
@@ -296,5 +297,6 @@ def summarize(ctx: StepContext) -> Done:
     scan_id = int(ctx.payload["scan_id"])
     diff = compare_scans(ctx.session, scan_id, limit=0)
     outcome["changes"] = diff["counts"]
+    raise_new_certificates(ctx.session, scan_id=scan_id, counts=diff["counts"], now=ctx.now)
     outcome["previous_scan_id"] = diff["previous_scan_id"]
     return Done(outcome)

@@ -84,7 +84,8 @@ def parse_path(path: str, password: str | None, max_bytes: int) -> ParsedFile:
             data = handle.read(max_bytes + 1)
     except OSError as exc:
         return ParsedFile(path, error=_os_reason(exc))
-    return parse_file_bytes(path, data, password)
+    # Rows, not CertificateInfo objects: they cross the process boundary and go straight to the driver.
+    return parse_file_bytes(path, data, password, as_rows=True)
 
 
 def _parse_chunk(chunk: list[str], password: str | None, max_bytes: int) -> list[ParsedFile]:
@@ -226,7 +227,7 @@ def _write(
                 progress(1)
             continue
         batch.append(item)
-        batch_certs += len(item.certificates)
+        batch_certs += item.count
         if batch_certs >= BATCH_CERTIFICATES:
             flush()
     flush()

@@ -147,3 +147,19 @@ class CertificateChange(Base):
     changed_at: Mapped[datetime] = mapped_column(UTCDateTime)
     actor: Mapped[str] = mapped_column(String(255))
     changes: Mapped[dict[str, Any]] = mapped_column(JSON)  # field -> [before, after]
+
+
+class IssuerCertificateCount(Base):
+    """How many certificates each issuer has, kept exact by triggers on ``certificates``.
+
+    "Count by issuer" over a million certificates reads these few rows instead of every
+    certificate. Triggers (migration 0009), not application code, keep it: every path that
+    inserts, archives or deletes certificates (imports, discovery, issuance) is covered alike,
+    in the same transaction as the change.
+    """
+
+    __tablename__ = "issuer_certificate_counts"
+
+    issuer_id: Mapped[int] = mapped_column(ForeignKey("issuers.id", ondelete="CASCADE"), primary_key=True)
+    live: Mapped[int] = mapped_column(BigInteger)  # not archived
+    archived: Mapped[int] = mapped_column(BigInteger)

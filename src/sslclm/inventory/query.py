@@ -23,7 +23,7 @@ from sqlalchemy.sql.elements import KeyedColumnElement
 
 from sslclm.core.clock import as_utc
 from sslclm.errors import InvalidInputError
-from sslclm.inventory.models import Certificate, CertificateTag, Issuer, Sighting
+from sslclm.inventory.models import Certificate, CertificateTag, Issuer, IssuerCertificateCount, Sighting
 
 MAX_PAGE = 1000
 
@@ -302,8 +302,13 @@ class Page:
     next_cursor: str | None
 
 
+# Whether a listed certificate has any tag: most have none, and then the page needs no tags query.
+HAS_TAGS = exists().where(CertificateTag.certificate_id == Certificate.id).label("has_tags")
+
+
 def summarize(row: Any, now: datetime, window: timedelta, tags: Sequence[str] = ()) -> dict[str, Any]:
     item = dict(row._mapping)
+    item.pop("has_tags", None)
     not_after = as_utc(item["not_after"])
     item["status"] = status_of(
         not_before=item["not_before"],
@@ -345,11 +350,22 @@ def list_certificates(
     if not 1 <= limit <= MAX_PAGE:
         raise InvalidInputError(f"limit must be between 1 and {MAX_PAGE}", field="limit")
     window = timedelta(days=expiring_days)
-    stmt = build_select(session, flt, sort=sort, descending=descending, cursor=cursor, now=now, window=window)
-    rows = session.execute(stmt.limit(limit + 1)).all()
+    stmt = build_select(
+        session,
+        flt,
+        sort=sort,
+        descending=descending,
+        cursor=cursor,
+        now=now,
+        window=window,
+        columns=(*SUMMARY_COLUMNS, HAS_TAGS),
+    )
+    # Core on the session's connection: the rows are plain tuples, the ORM's loading adds nothing here.
+    rows = session.connection().execute(stmt.limit(limit + 1)).all()
     more = len(rows) > limit
     rows = rows[:limit]
-    tags = tags_for(session, [row.id for row in rows])
+    tagged = [row.id for row in rows if row.has_tags]
+    tags = tags_for(session, tagged) if tagged else {}
     items = [summarize(row, now, window, tags.get(row.id, ())) for row in rows]
     next_cursor = None
     if more and rows:
@@ -405,6 +421,8 @@ def count_by(
     session: Session, field: str, flt: CertificateFilter, *, now: datetime, expiring_days: int
 ) -> list[dict[str, Any]]:
     """Counts of matching certificates grouped by ``field`` (or by status), largest first."""
+    if field == "issuer" and not flt.model_dump(exclude={"include_archived"}, exclude_defaults=True):
+        return _maintained_issuer_counts(session, include_archived=flt.include_archived)
     window = timedelta(days=expiring_days)
     conds = filter_conditions(flt, now, window)
     if field == "status":
@@ -433,3 +451,22 @@ def count_by(
         ]
     plain = select(grouped.c.key, grouped.c.count).order_by(grouped.c.count.desc())
     return [{"key": key, "count": count} for key, count in session.execute(plain)]
+
+
+def _maintained_issuer_counts(session: Session, *, include_archived: bool) -> list[dict[str, Any]]:
+    """Count by issuer without a filter, from the per-issuer counters the triggers keep exact.
+
+    Reads one row per issuer instead of every certificate: constant time in the inventory's size.
+    """
+    counts = IssuerCertificateCount
+    count = counts.live + counts.archived if include_archived else counts.live
+    stmt = (
+        select(Issuer.id, Issuer.dn, count.label("count"))
+        .join(counts, counts.issuer_id == Issuer.id)
+        .where(count > 0)
+        .order_by(count.desc(), Issuer.id)
+    )
+    return [
+        {"key": dn, "issuer_id": key, "count": number}
+        for key, dn, number in session.connection().execute(stmt)
+    ]

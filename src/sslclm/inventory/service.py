@@ -26,6 +26,7 @@ from sslclm.inventory.writer import private_key_aad
 from sslclm.pki import certificate_to_pem, load_private_key_der
 from sslclm.pki.envelope import Envelope
 from sslclm.pki.keys import private_key_to_pem
+from sslclm.policies.engine import evaluate_certificates
 
 HEX = re.compile(r"^[0-9a-fA-F:]+$")
 TAG = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:/=-]{0,127}$")
@@ -188,6 +189,9 @@ def update_metadata(
             CertificateChange(certificate_id=cert.id, changed_at=now, actor=ctx.actor, changes=changes)
         )
         record(session, ctx, "certificate.update", "certificate", cert.id, {"changes": changes})
+        session.flush()
+        # Owner, team, environment and tags decide which policy sets and exemptions apply.
+        evaluate_certificates(session, [cert.id], now=now)
     return changes
 
 
@@ -209,6 +213,9 @@ def set_archived(
         cert.id,
         {},
     )
+    session.flush()
+    # Archiving drops its violations and score; unarchiving brings them back.
+    evaluate_certificates(session, [cert.id], now=now)
 
 
 def history(session: Session, cert_id: int) -> Sequence[CertificateChange]:

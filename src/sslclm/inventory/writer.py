@@ -8,13 +8,15 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+import orjson
 from sqlalchemy import select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from sslclm.core.platform import Platform
 from sslclm.errors import SslClmError
-from sslclm.inventory.models import Certificate, Issuer, PrivateKey, Sighting
+from sslclm.inventory.bulk import ids_by_fingerprint, insert_certificates, stored_datetime, upsert_sightings
+from sslclm.inventory.models import Certificate, Issuer, PrivateKey
 from sslclm.pki import (
     CertificateInfo,
     load_bundle,
@@ -22,23 +24,41 @@ from sslclm.pki import (
     private_key_to_pkcs8_der,
     public_key_sha256,
 )
+from sslclm.policies.incremental import certificates_written
 
 # Keeps IN (...) lists well under every backend's bound-parameter limit.
 IN_CHUNK = 900
 
+# A certificate as a plain tuple, in the column order of ``bulk.CERTIFICATE_COLUMNS`` up to
+# ``search_text``, with the issuer's DN where the issuer id goes, datetimes as stored text and
+# JSON columns serialised: what a parser process sends back (a tuple pickles several times
+# faster than a slotted dataclass) and what the bulk insert needs, less the per-import values.
+CertificateRow = tuple[Any, ...]
+ROW_ISSUER = 5
+
 
 @dataclass(slots=True)
 class ParsedFile:
-    """One file's certificates and the private keys that match them; or why it was rejected."""
+    """One file's certificates and the private keys that match them; or why it was rejected.
+
+    Certificates come either as :class:`CertificateInfo` objects (``certificates``) or, from the
+    importer's parser processes, already as rows (``rows``); the writer takes both.
+    """
 
     path: str
     certificates: list[CertificateInfo] = field(default_factory=list)
     keys: list[tuple[str, bytes]] = field(default_factory=list)  # (public key SHA-256, PKCS#8 DER)
     error: str | None = None
     format: str | None = None
+    rows: list[CertificateRow] = field(default_factory=list)
+
+    @property
+    def count(self) -> int:
+        return len(self.certificates) + len(self.rows)
 
 
-def parse_file_bytes(path: str, data: bytes, password: str | None) -> ParsedFile:
+def parse_file_bytes(path: str, data: bytes, password: str | None, *, as_rows: bool = False) -> ParsedFile:
+    """Parses one file; with ``as_rows`` its certificates come back as rows ready to insert."""
     try:
         bundle = load_bundle(data, password=password, filename=path)
         infos = bundle.infos()
@@ -53,7 +73,51 @@ def parse_file_bytes(path: str, data: bytes, password: str | None) -> ParsedFile
         return ParsedFile(path, error=f"unparseable: {type(exc).__name__}: {str(exc)[:200]}")
     if not infos:
         return ParsedFile(path, error="no certificate found in the file")
+    if as_rows:
+        return ParsedFile(path, keys=keys, format=bundle.format, rows=[certificate_row(i) for i in infos])
     return ParsedFile(path, infos, keys, format=bundle.format)
+
+
+def _json(values: Sequence[str]) -> str:
+    return orjson.dumps(list(values)).decode()
+
+
+def certificate_row(info: CertificateInfo) -> CertificateRow:
+    """``info`` as a :data:`CertificateRow`."""
+    return (
+        info.fingerprint_sha256,
+        info.fingerprint_sha1,
+        info.serial,
+        info.subject,
+        info.common_name,
+        info.issuer,
+        stored_datetime(info.not_before),
+        stored_datetime(info.not_after),
+        info.key_algorithm,
+        info.key_size,
+        info.key_curve,
+        info.signature_algorithm,
+        _json(info.sans),
+        _json(info.key_usage),
+        _json(info.extended_key_usage),
+        info.is_ca,
+        info.path_length,
+        info.authority_key_id,
+        info.subject_key_id,
+        _json(info.crl_distribution_points),
+        _json(info.ocsp_urls),
+        _json(info.ca_issuer_urls),
+        info.self_signed,
+        info.public_key_sha256,
+        info.der,
+        search_text(info),
+    )
+
+
+def _rows_of(parsed: ParsedFile) -> Iterable[CertificateRow]:
+    yield from parsed.rows
+    for info in parsed.certificates:
+        yield certificate_row(info)
 
 
 def search_text(info: CertificateInfo) -> str:
@@ -82,22 +146,24 @@ class WriteResult:
     updated: int
     keys_stored: int
     certificate_ids: dict[str, int]  # fingerprint -> id, for the caller's follow-up rows
+    new_ids: tuple[int, ...] = ()  # the certificates this write inserted
 
 
 class InventoryWriter:
     """Upserts certificates, issuers, sightings and keys; keeps a per-import issuer cache."""
 
-    def __init__(self, platform: Platform, *, source: str, sighting_kind: str) -> None:
+    def __init__(
+        self, platform: Platform, *, source: str, sighting_kind: str, evaluate_policies: bool = True
+    ) -> None:
         self.platform = platform
         self.source = source
         self.sighting_kind = sighting_kind
+        # False when the caller evaluates the batch itself, after writing facts the checks read.
+        self.evaluate_policies = evaluate_policies
         self._issuer_ids: dict[str, int] = {}
 
-    def _issuer_ids_for(self, session: Session, infos: Iterable[CertificateInfo]) -> dict[str, int]:
-        wanted: dict[str, CertificateInfo] = {}
-        for info in infos:
-            if info.issuer not in self._issuer_ids:
-                wanted.setdefault(info.issuer, info)
+    def _issuer_ids_for(self, session: Session, issuer_dns: Iterable[str]) -> dict[str, int]:
+        wanted = {dn for dn in issuer_dns if dn not in self._issuer_ids}
         if wanted:
             hashes = {issuer_hash(dn): dn for dn in wanted}
             rows = [{"dn_hash": h, "dn": dn, "common_name": _cn_of(dn)} for h, dn in hashes.items()]
@@ -113,30 +179,33 @@ class InventoryWriter:
         self, session: Session, files: Sequence[ParsedFile], *, now: datetime | None = None
     ) -> WriteResult:
         now = now or self.platform.clock()
-        by_fp: dict[str, CertificateInfo] = {}
+        by_fp: dict[str, CertificateRow] = {}
         locations: list[tuple[str, str]] = []
         for parsed in files:
-            for info in parsed.certificates:
-                by_fp.setdefault(info.fingerprint_sha256, info)
-                locations.append((info.fingerprint_sha256, parsed.path))
-        issuers = self._issuer_ids_for(session, by_fp.values())
+            for row in _rows_of(parsed):
+                fingerprint = row[0]
+                if fingerprint not in by_fp:
+                    by_fp[fingerprint] = row
+                locations.append((fingerprint, parsed.path))
+        issuers = self._issuer_ids_for(session, {row[ROW_ISSUER] for row in by_fp.values()})
 
-        fingerprints = list(by_fp)
-        ids = _ids_by_fingerprint(session, fingerprints)
+        ids = ids_by_fingerprint(session, list(by_fp))
         existing = list(ids.values())
+        stamp = stored_datetime(now)
+        # The issuer's id in place of its DN, then source, has_private_key, created_at, updated_at.
+        tail = (self.source, False, stamp, stamp)
         new_rows = [
-            _certificate_row(info, issuers[info.issuer], self.source, now)
-            for fp, info in by_fp.items()
-            if fp not in ids
+            (*row[:ROW_ISSUER], issuers[row[ROW_ISSUER]], *row[ROW_ISSUER + 1 :], *tail)
+            for fingerprint, row in by_fp.items()
+            if fingerprint not in ids
         ]
         if new_rows:
-            session.execute(_insert(session, Certificate.__table__).on_conflict_do_nothing(), new_rows)
-            ids.update(_ids_by_fingerprint(session, [row["fingerprint_sha256"] for row in new_rows]))
+            ids.update(insert_certificates(session, new_rows))
             if session.execute(select(PrivateKey.id).limit(1)).first() is not None:
                 # A key imported earlier (say, alone in a .key file) may belong to a new certificate.
-                new_ids = [ids[row["fingerprint_sha256"]] for row in new_rows]
+                created_ids = [ids[row[0]] for row in new_rows]
                 known_keys = select(PrivateKey.public_key_sha256).scalar_subquery()
-                for chunk in _chunked(new_ids):
+                for chunk in _chunked(created_ids):
                     session.execute(
                         update(Certificate)
                         .where(Certificate.id.in_(chunk), Certificate.public_key_sha256.in_(known_keys))
@@ -145,33 +214,23 @@ class InventoryWriter:
         for chunk in _chunked(existing):
             session.execute(update(Certificate).where(Certificate.id.in_(chunk)).values(updated_at=now))
 
-        self._record_sightings(session, locations, ids, now)
+        self._record_sightings(session, locations, ids, stamp)
         keys_stored = self._store_keys(session, files, now)
-        return WriteResult(len(new_rows), len(existing), keys_stored, ids)
+        new_ids = tuple(ids[row[0]] for row in new_rows)
+        if self.evaluate_policies and new_ids:
+            # Facts of certificates already stored do not change on a re-import: only new ones.
+            certificates_written(session, new_ids, now=now)
+        return WriteResult(len(new_rows), len(existing), keys_stored, ids, new_ids)
 
     def _record_sightings(
-        self, session: Session, locations: list[tuple[str, str]], ids: dict[str, int], now: datetime
+        self, session: Session, locations: list[tuple[str, str]], ids: dict[str, int], stamp: str
     ) -> None:
+        # One row per (certificate, location): ON CONFLICT may not touch the same row twice.
         rows = {
-            (ids[fp], path): {
-                "certificate_id": ids[fp],
-                "kind": self.sighting_kind,
-                "location": path,
-                "source": self.source,
-                "details": {},
-                "first_seen": now,
-                "last_seen": now,
-            }
+            (ids[fp], path): (ids[fp], self.sighting_kind, path, self.source, "{}", stamp, stamp)
             for fp, path in locations
         }
-        if not rows:
-            return
-        stmt = _insert(session, Sighting.__table__)
-        stmt = stmt.on_conflict_do_update(
-            index_elements=["certificate_id", "kind", "location"],
-            set_={"last_seen": stmt.excluded.last_seen, "source": stmt.excluded.source},
-        )
-        session.execute(stmt, list(rows.values()))
+        upsert_sightings(session, list(rows.values()))
 
     def _store_keys(self, session: Session, files: Sequence[ParsedFile], now: datetime) -> int:
         keys = {pub: der for parsed in files for pub, der in parsed.keys}
@@ -194,17 +253,6 @@ class InventoryWriter:
                 .values(has_private_key=True)
             )
         return len(keys)
-
-
-def _ids_by_fingerprint(session: Session, fingerprints: Sequence[str]) -> dict[str, int]:
-    ids: dict[str, int] = {}
-    for chunk in _chunked(fingerprints):
-        stmt = select(Certificate.fingerprint_sha256, Certificate.id).where(
-            Certificate.fingerprint_sha256.in_(chunk)
-        )
-        for fingerprint, cert_id in session.execute(stmt):
-            ids[fingerprint] = cert_id
-    return ids
 
 
 def private_key_aad(public_key_sha256: str) -> bytes:

@@ -36,6 +36,9 @@ from sslclm.jobs.periodic import Scheduler
 from sslclm.jobs.registry import Task, TaskRegistry, UnknownTaskError, default_registry
 from sslclm.jobs.steps import StepContext
 
+# A module reference, not a name: notifications imports the jobs package, which imports this module.
+from sslclm.notifications import events as notification_events
+
 if TYPE_CHECKING:
     from sslclm.core.platform import Platform
 
@@ -520,6 +523,7 @@ class Worker:
                 status = queue.fail_step(
                     session, job, error, retry_in=retry_in, now=self.platform.clock(), note=note
                 )
+                self._announce_failure(session, job, error, status)
                 if task is not None and task.failure_hook is not None and status in _ENDED:
                     try:
                         self._call_hook(task, job, session, error)
@@ -535,7 +539,20 @@ class Worker:
                 status = queue.fail_step(
                     session, job, error, retry_in=retry_in, now=self.platform.clock(), note=note
                 )
+                self._announce_failure(session, job, error, status)
         return status
+
+    def _announce_failure(self, session: Session, job: queue.ClaimedJob, error: str, status: str) -> None:
+        """Raises the ``job.failed`` notification event with the record of a job that ended failed."""
+        if status == JobStatus.FAILED.value:
+            notification_events.raise_job_failed(
+                session,
+                job_id=job.id,
+                kind=job.kind,
+                target=job.target,
+                error=error,
+                now=self.platform.clock(),
+            )
 
     def _fail(
         self,

@@ -1,4 +1,4 @@
-"""Notification routing rules and the delivery log.
+"""Notification routing rules, raised events and the delivery log.
 
 Channels are notifier connections (``connections`` rows of kind ``notifier``), configured and
 sealed like every other connector instance.
@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, Boolean, ForeignKey, Index, Integer, String, Text
+from sqlalchemy import JSON, Boolean, ForeignKey, Index, Integer, String, Text, UniqueConstraint, false
 from sqlalchemy.orm import Mapped, mapped_column
 
 from sslclm.core.db import Base, UTCDateTime
@@ -30,7 +30,36 @@ class NotificationRule(Base):
     tag: Mapped[str | None] = mapped_column(String(128))
     channel_id: Mapped[int] = mapped_column(ForeignKey("connections.id", ondelete="CASCADE"))
     enabled: Mapped[bool] = mapped_column(Boolean, default=True)
+    # Held for the channel's daily digest instead of being sent one by one.
+    digest: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class NotificationEvent(Base):
+    """Something that happened elsewhere (a job failed, a store drifted), raised once per key.
+
+    Rules pick events up by kind on the next sweep; the unique (kind, key) pair is what keeps a
+    repeating condition (the same drift found every hour) from raising a storm.
+    """
+
+    __tablename__ = "notification_events"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    kind: Mapped[str] = mapped_column(String(64))
+    key: Mapped[str] = mapped_column(String(255))
+    subject: Mapped[str] = mapped_column(Text)
+    body: Mapped[str] = mapped_column(Text)
+    severity: Mapped[str] = mapped_column(String(16))
+    certificate_id: Mapped[int | None] = mapped_column(ForeignKey("certificates.id", ondelete="SET NULL"))
+    owner: Mapped[str | None] = mapped_column(String(255))
+    team: Mapped[str | None] = mapped_column(String(255))
+    details: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+    __table_args__ = (
+        UniqueConstraint("kind", "key"),
+        Index("ix_notification_events_kind_created_at", "kind", "created_at"),
+    )
 
 
 class NotificationLog(Base):
@@ -47,7 +76,8 @@ class NotificationLog(Base):
     body: Mapped[str] = mapped_column(Text)
     severity: Mapped[str] = mapped_column(String(16))
     details: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
-    status: Mapped[str] = mapped_column(String(16))  # pending, sent, failed
+    # pending, sent, failed; held (waiting for the daily digest), digested (sent inside one)
+    status: Mapped[str] = mapped_column(String(16))
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     detail: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)

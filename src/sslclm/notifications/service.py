@@ -4,10 +4,17 @@ Each event is keyed (rule, kind, object, threshold) and the key is unique in ``n
 so a notification is queued once however often the sweep runs or how many workers run it: a
 certificate 5 days from expiry under thresholds (30, 14, 7, 1) gets the 7-day notice once, then
 the 1-day notice once.
+
+Two sources feed the sweep: the inventory itself (expiry windows, critical violations), and events
+other modules raised with :func:`sslclm.notifications.events.raise_event` (failed jobs, drift,
+agents offline, new certificates found by discovery). A rule marked ``digest`` holds its
+notifications and the daily digest (:mod:`sslclm.notifications.digest`) sends them as one message
+per channel and day.
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Literal
@@ -20,9 +27,9 @@ from sslclm.audit.service import AuditContext, record
 from sslclm.core.platform import Platform
 from sslclm.errors import ConnectorError, InvalidInputError, NotFoundError, SslClmError
 from sslclm.inventory.models import Certificate, CertificateTag
-from sslclm.jobs.models import Job
 from sslclm.jobs.sql import insert_ignoring_conflict
-from sslclm.notifications.models import NotificationLog, NotificationRule
+from sslclm.notifications import events as kinds
+from sslclm.notifications.models import NotificationEvent, NotificationLog, NotificationRule
 from sslclm.policies.checks import SEVERITY_RANK, Severity
 from sslclm.policies.models import PolicyViolation
 from sslclm.spi.capabilities import ConnectorKind
@@ -31,23 +38,33 @@ from sslclm.spi.notify import Severity as NoticeSeverity
 from sslclm.workflows import connections
 from sslclm.workflows.models import Connection
 
-EVENTS = ("certificate.expiring", "policy.critical", "job.failed")
+EVENTS = kinds.ALL_KINDS
+EventKind = Literal[
+    "certificate.expiring",
+    "policy.critical",
+    "job.failed",
+    "deployment.drift",
+    "agent.offline",
+    "discovery.new-certificates",
+]
 DEFAULT_THRESHOLDS = [30, 14, 7, 1]
-# Failed jobs older than this are history, not news.
-JOB_LOOKBACK = timedelta(days=2)
+# Raised events older than this are history, not news (a rule added today does not replay last month).
+EVENT_LOOKBACK = timedelta(days=2)
 SWEEP_LIMIT = 5000
+log = logging.getLogger(__name__)
 
 
 class RuleCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str = Field(min_length=1, max_length=150)
-    event: Literal["certificate.expiring", "policy.critical", "job.failed"]
+    event: EventKind
     channel: str = Field(description="Name or id of a notifier connection.")
     thresholds: list[int] = Field(default_factory=lambda: list(DEFAULT_THRESHOLDS))
     owner: str | None = Field(default=None, max_length=255)
     team: str | None = Field(default=None, max_length=255)
     tag: str | None = Field(default=None, max_length=128)
+    digest: bool = Field(default=False, description="Hold for the channel's daily digest.")
 
 
 def create_rule(session: Session, ctx: AuditContext, data: RuleCreate, *, now: datetime) -> NotificationRule:
@@ -64,6 +81,7 @@ def create_rule(session: Session, ctx: AuditContext, data: RuleCreate, *, now: d
         team=data.team,
         tag=data.tag,
         channel_id=channel.id,
+        digest=data.digest,
         created_at=now,
     )
     session.add(rule)
@@ -91,6 +109,7 @@ def rule_view(rule: NotificationRule) -> dict[str, Any]:
         "tag": rule.tag,
         "channel_id": rule.channel_id,
         "enabled": rule.enabled,
+        "digest": rule.digest,
     }
 
 
@@ -169,29 +188,45 @@ def _critical(session: Session, rule: NotificationRule, now: datetime) -> list[E
     ]
 
 
-def _failed_jobs(session: Session, rule: NotificationRule, now: datetime) -> list[Event]:
-    rows = session.execute(
-        select(Job.id, Job.kind, Job.last_error, Job.target)
-        .where(Job.status == "failed", Job.updated_at >= now - JOB_LOOKBACK)
-        .limit(SWEEP_LIMIT)
+def _raised(session: Session, rule: NotificationRule, now: datetime) -> list[Event]:
+    stmt = select(NotificationEvent).where(
+        NotificationEvent.kind == rule.event, NotificationEvent.created_at >= now - EVENT_LOOKBACK
     )
+    if rule.owner:
+        stmt = stmt.where(NotificationEvent.owner == rule.owner)
+    if rule.team:
+        stmt = stmt.where(NotificationEvent.team == rule.team)
+    if rule.tag:
+        stmt = stmt.where(
+            exists().where(
+                CertificateTag.certificate_id == NotificationEvent.certificate_id,
+                CertificateTag.tag == rule.tag,
+            )
+        )
     return [
         Event(
-            f"r{rule.id}:job:{jid}",
-            f"Job {jid} ({kind}) failed",
-            f"{kind} {target or ''} failed: {error or 'no message'}",
-            NoticeSeverity.CRITICAL,
-            {"job_id": jid, "kind": kind},
+            f"r{rule.id}:event:{row.id}",
+            row.subject,
+            row.body or row.subject,
+            NoticeSeverity(row.severity),
+            {**row.details, "event_id": row.id, "certificate_id": row.certificate_id},
         )
-        for jid, kind, error, target in rows
+        for row in session.execute(stmt.order_by(NotificationEvent.id).limit(SWEEP_LIMIT)).scalars()
     ]
 
 
-COLLECTORS = {"certificate.expiring": _expiring, "policy.critical": _critical, "job.failed": _failed_jobs}
+COLLECTORS = {
+    kinds.CERTIFICATE_EXPIRING: _expiring,
+    kinds.POLICY_CRITICAL: _critical,
+    **dict.fromkeys(kinds.RAISED_KINDS, _raised),
+}
 
 
 def queue_events(session: Session, *, now: datetime) -> int:
-    """Adds a pending log row for every new event of every enabled rule; returns how many."""
+    """Adds a log row for every new event of every enabled rule; returns how many.
+
+    A digest rule's rows are ``held`` for the daily digest; the others are ``pending`` delivery.
+    """
     added = 0
     for rule in session.execute(select(NotificationRule).where(NotificationRule.enabled.is_(True))).scalars():
         for event in COLLECTORS[rule.event](session, rule, now):
@@ -207,7 +242,7 @@ def queue_events(session: Session, *, now: datetime) -> int:
                     "body": event.body,
                     "severity": event.severity.value,
                     "details": event.details,
-                    "status": "pending",
+                    "status": "held" if rule.digest else "pending",
                     "attempts": 0,
                     "created_at": now,
                 },
@@ -254,6 +289,15 @@ def deliver_pending(platform: Platform, *, limit: int = 500) -> dict[str, int]:
         except SslClmError as exc:
             status, detail = "failed", exc.message
         counts[{"sent": "sent", "failed": "failed", "pending": "retrying"}[status]] += 1
+        if status != "sent":
+            # The reason only: connector errors never carry the channel's secrets.
+            log.warning(
+                "notification %s to channel %s %s: %s",
+                entry.id,
+                channel.name,
+                "will be retried" if status == "pending" else "failed",
+                detail,
+            )
         with platform.sessions() as session:
             session.execute(
                 update(NotificationLog)
@@ -278,8 +322,24 @@ def log_view(entry: NotificationLog) -> dict[str, Any]:
         "status": entry.status,
         "attempts": entry.attempts,
         "detail": entry.detail,
+        "details": entry.details,
         "rule_id": entry.rule_id,
         "channel_id": entry.channel_id,
         "created_at": entry.created_at,
         "sent_at": entry.sent_at,
+    }
+
+
+def event_view(event: NotificationEvent) -> dict[str, Any]:
+    return {
+        "id": event.id,
+        "kind": event.kind,
+        "key": event.key,
+        "subject": event.subject,
+        "severity": event.severity,
+        "certificate_id": event.certificate_id,
+        "owner": event.owner,
+        "team": event.team,
+        "details": event.details,
+        "created_at": event.created_at,
     }

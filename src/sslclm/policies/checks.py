@@ -225,9 +225,18 @@ def check_expiry(item: PolicyInput, params: ExpiryParams, now: datetime) -> Viol
     if left < timedelta(0):
         return _v("expiry", Severity.CRITICAL, f"expired {item.not_after:%Y-%m-%d}")
     if left < timedelta(days=params.critical_days):
-        return _v("expiry", Severity.HIGH, f"expires in {left.days} days ({item.not_after:%Y-%m-%d})")
+        return _v(
+            "expiry",
+            Severity.HIGH,
+            f"expires {item.not_after:%Y-%m-%d}, within {params.critical_days} days",
+        )
     if left < timedelta(days=params.warning_days):
-        return _v("expiry", Severity.MEDIUM, f"expires in {left.days} days ({item.not_after:%Y-%m-%d})")
+        # No "in N days": the reason is stored, and verdicts are refreshed when a window is crossed.
+        return _v(
+            "expiry",
+            Severity.MEDIUM,
+            f"expires {item.not_after:%Y-%m-%d}, within {params.warning_days} days",
+        )
     return None
 
 
@@ -347,18 +356,25 @@ def check_eku(item: PolicyInput, params: EkuParams, now: datetime) -> Violation 
 
 @_register("revoked", Params, Severity.CRITICAL)
 def check_revoked(item: PolicyInput, params: Params, now: datetime) -> Violation | None:
-    """The certificate is revoked but still in use (served on an endpoint)."""
-    if item.revoked and (item.endpoints or 0) > 0:
+    """The certificate is revoked (by the platform or on its CA's CRL); critical while still served."""
+    if not item.revoked:
+        return None
+    if (item.endpoints or 0) > 0:
         return _v("revoked", Severity.CRITICAL, f"revoked but served on {item.endpoints} endpoint(s)")
-    return None
+    return _v("revoked", Severity.HIGH, "revoked; replace it wherever it is still installed")
 
 
 @_register("key-reuse", Params, Severity.MEDIUM)
 def check_key_reuse(item: PolicyInput, params: Params, now: datetime) -> Violation | None:
     """The same public key appears in several certificates."""
     if item.key_shared_with:
+        # The reason names no count: it would change whenever another holder appears, and only the
+        # holder whose key stops being its own is re-evaluated then.
         return _v(
-            "key-reuse", Severity.MEDIUM, f"key shared with {item.key_shared_with} other certificate(s)"
+            "key-reuse",
+            Severity.MEDIUM,
+            "the same public key is in other certificates",
+            others=item.key_shared_with,
         )
     return None
 

@@ -11,25 +11,34 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import case, delete, func, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from sslclm.core.clock import as_utc
 from sslclm.discovery.models import Endpoint
-from sslclm.errors import InvalidInputError
 from sslclm.inventory.models import Certificate, CertificateTag, Issuer
-from sslclm.inventory.writer import _insert
 from sslclm.policies.checks import CHECKS, SEVERITY_RANK, Params, PolicyInput, Severity, Violation
 from sslclm.policies.document import BASELINE, PolicyDocument
-from sslclm.policies.models import CertificateRisk, PolicyExemption, PolicySet, PolicyViolation
+from sslclm.policies.models import (
+    CertificateRisk,
+    PolicyExemption,
+    PolicySet,
+    PolicyViolation,
+    PolicyViolationCount,
+)
 from sslclm.policies.risk import risk_score
 from sslclm.workflows.models import Issuance, ManagedCertificate, Profile
 
 IN_CHUNK = 900
 BATCH = 2000
+
+
+def _insert(session: Session, table: Any) -> Any:
+    dialect = session.get_bind().dialect.name
+    return (postgresql.insert if dialect == "postgresql" else sqlite.insert)(table)
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,12 +149,12 @@ INPUT_COLUMNS = (
 
 
 def load_inputs(session: Session, rows: Sequence[Any]) -> list[PolicyInput]:
-    """Policy inputs for certificate rows (``INPUT_COLUMNS``), with tags, profile, endpoints and key reuse."""
-    ids = [row.id for row in rows]
+    """Policy inputs for certificate rows (``INPUT_COLUMNS``, in that order), with tags, profile,
+    endpoints and key reuse."""
+    ids = [row[0] for row in rows]
     tags: dict[int, set[str]] = {}
     profiles: dict[int, str] = {}
     served: dict[int, tuple[int, str | None, int, int]] = {}
-    keys: dict[str, int] = {}
     untrusted = case((Endpoint.trusted.is_(False), 1), else_=0)
     mismatch = case((Endpoint.hostname_match.is_(False), 1), else_=0)
     for chunk in _chunks(ids):
@@ -174,41 +183,55 @@ def load_inputs(session: Session, rows: Sequence[Any]) -> list[PolicyInput]:
             .group_by(Endpoint.certificate_id)
         ):
             served[cid] = (count, lowest, int(bad_trust or 0), int(bad_name or 0))
-    key_list = list({row.public_key_sha256 for row in rows})
-    for start in range(0, len(key_list), IN_CHUNK):
-        for pub, count in session.execute(
-            select(Certificate.public_key_sha256, func.count())
-            .where(Certificate.public_key_sha256.in_(key_list[start : start + IN_CHUNK]))
-            .group_by(Certificate.public_key_sha256)
-            .having(func.count() > 1)
-        ):
-            keys[pub] = count
+    keys = key_counts(session, {row[14] for row in rows})
     inputs = []
-    for row in rows:
-        endpoints, lowest, bad_trust, bad_name = served.get(row.id, (0, None, 0, 0))
+    no_tags: frozenset[str] = frozenset()
+    # Rows unpacked by position: attribute access by name costs more than the checks themselves.
+    for (
+        cid,
+        not_before,
+        not_after,
+        key_algorithm,
+        key_size,
+        key_curve,
+        signature_algorithm,
+        sans,
+        common_name,
+        eku,
+        issuer,
+        self_signed,
+        is_ca,
+        revoked_at,
+        public_key,
+        owner,
+        team,
+        environment,
+    ) in rows:
+        endpoints, lowest, bad_trust, bad_name = served.get(cid, (0, None, 0, 0))
+        cert_tags = tags.get(cid)
         inputs.append(
             PolicyInput(
-                certificate_id=row.id,
-                not_before=as_utc(row.not_before),
-                not_after=as_utc(row.not_after),
-                key_algorithm=row.key_algorithm,
-                key_size=row.key_size,
-                key_curve=row.key_curve,
-                signature_algorithm=row.signature_algorithm,
-                sans=tuple(row.sans or ()),
-                common_name=row.common_name,
-                extended_key_usage=tuple(row.extended_key_usage or ()),
-                issuer=row.dn,
-                self_signed=row.self_signed,
-                is_ca=row.is_ca,
-                revoked=row.revoked_at is not None,
-                public_key_sha256=row.public_key_sha256,
-                owner=row.owner,
-                team=row.team,
-                environment=row.environment,
-                profile=profiles.get(row.id),
-                tags=frozenset(tags.get(row.id, ())),
-                key_shared_with=max(keys.get(row.public_key_sha256, 1) - 1, 0),
+                certificate_id=cid,
+                not_before=not_before,  # UTCDateTime returns aware UTC
+                not_after=not_after,
+                key_algorithm=key_algorithm,
+                key_size=key_size,
+                key_curve=key_curve,
+                signature_algorithm=signature_algorithm,
+                sans=tuple(sans or ()),
+                common_name=common_name,
+                extended_key_usage=tuple(eku or ()),
+                issuer=issuer,
+                self_signed=self_signed,
+                is_ca=is_ca,
+                revoked=revoked_at is not None,
+                public_key_sha256=public_key,
+                owner=owner,
+                team=team,
+                environment=environment,
+                profile=profiles.get(cid),
+                tags=frozenset(cert_tags) if cert_tags else no_tags,
+                key_shared_with=max(keys.get(public_key, 1) - 1, 0),
                 endpoints=endpoints,
                 min_tls_version=lowest,
                 untrusted_endpoints=bad_trust,
@@ -216,6 +239,48 @@ def load_inputs(session: Session, rows: Sequence[Any]) -> list[PolicyInput]:
             )
         )
     return inputs
+
+
+def _stored(value: datetime) -> str:
+    """A datetime as ``UTCDateTime`` columns hold it (naive UTC text), for the driver directly."""
+    return f"{value.astimezone(UTC):%Y-%m-%d %H:%M:%S.%f}"
+
+
+def _bulk_insert(
+    session: Session, table: str, columns: Sequence[str], rows: Sequence[tuple[Any, ...]]
+) -> None:
+    """Inserts through the driver's executemany: SQLAlchemy's per-row parameter processing costs
+    more than the evaluation itself on a first pass that writes a million violations."""
+    if not rows:
+        return
+    mark = "?" if session.get_bind().dialect.name == "sqlite" else "%s"
+    names = ", ".join(f'"{c}"' for c in columns)
+    # Table and column names are this module's constants; the values go as parameters.
+    sql = f"INSERT INTO {table} ({names}) VALUES ({', '.join(mark for _ in columns)})"  # noqa: S608
+    cursor = session.connection().connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+    try:
+        cursor.executemany(sql, rows)
+    finally:
+        cursor.close()
+
+
+def key_counts(session: Session, public_keys: Iterable[str]) -> dict[str, int]:
+    """How many certificates carry each of these public keys (keys held by one only are left out).
+
+    A grouped count over the public-key index: cheap for the usual unique keys; a key shared by
+    thousands of certificates costs one index range scan per batch that contains it.
+    """
+    wanted = sorted(set(public_keys))
+    found: dict[str, int] = {}
+    for start in range(0, len(wanted), IN_CHUNK):
+        for pub, count in session.execute(
+            select(Certificate.public_key_sha256, func.count())
+            .where(Certificate.public_key_sha256.in_(wanted[start : start + IN_CHUNK]))
+            .group_by(Certificate.public_key_sha256)
+            .having(func.count() > 1)
+        ):
+            found[pub] = count
+    return found
 
 
 @dataclass(slots=True)
@@ -247,6 +312,88 @@ class EvaluationStats:
 
 
 Key = tuple[int, str, str]
+VIOLATION_INSERT = (
+    "certificate_id",
+    "policy",
+    "check",
+    "severity",
+    "severity_rank",
+    "reason",
+    "exemption_id",
+    "first_seen",
+    "updated_at",
+)
+SEVERITY_VALUE = {s: s.value for s in Severity}  # plain str for the driver
+RISK_INSERT = ("certificate_id", "score", "violations", "max_severity_rank", "evaluated_at")
+
+
+class _CountDeltas:
+    """Changes to ``policy_violation_counts`` from one batch, written in one statement."""
+
+    def __init__(self) -> None:
+        self.deltas: dict[tuple[str, str, str], list[int]] = {}
+
+    def add(self, policy: str, check: str, severity: str, exemption: int | None, delta: int) -> None:
+        entry = self.deltas.setdefault((policy, check, severity), [0, 0])
+        entry[0 if exemption is None else 1] += delta
+
+    def apply(self, session: Session) -> None:
+        rows = [
+            {"policy": p, "check": c, "severity": s, "violations": v, "exempted": e}
+            for (p, c, s), (v, e) in self.deltas.items()
+            if v or e
+        ]
+        if not rows:
+            return
+        table = PolicyViolationCount.__table__
+        stmt = _insert(session, table)
+        stmt = stmt.on_conflict_do_update(
+            index_elements=["policy", "check", "severity"],
+            set_={
+                "violations": table.c.violations + stmt.excluded.violations,
+                "exempted": table.c.exempted + stmt.excluded.exempted,
+            },
+        )
+        session.execute(stmt, rows)
+
+
+def _forget(session: Session, condition: Any) -> None:
+    """Deletes the violations matching ``condition`` and takes them out of the counts."""
+    counts = _CountDeltas()
+    for policy, check, severity, exempted, total in session.execute(
+        select(
+            PolicyViolation.policy,
+            PolicyViolation.check,
+            PolicyViolation.severity,
+            func.count(PolicyViolation.exemption_id),
+            func.count(),
+        )
+        .where(condition)
+        .group_by(PolicyViolation.policy, PolicyViolation.check, PolicyViolation.severity)
+    ):
+        counts.add(policy, check, severity, None, -(total - exempted))
+        counts.add(policy, check, severity, 1, -exempted)
+    session.execute(delete(PolicyViolation).where(condition))
+    counts.apply(session)
+
+
+def rebuild_counts(session: Session) -> None:
+    """Recounts ``policy_violation_counts`` from the violations (after a full re-evaluation)."""
+    session.execute(delete(PolicyViolationCount))
+    rows = [
+        {"policy": p, "check": c, "severity": s, "violations": n - e, "exempted": e}
+        for p, c, s, n, e in session.execute(
+            select(
+                PolicyViolation.policy,
+                PolicyViolation.check,
+                PolicyViolation.severity,
+                func.count(),
+                func.count(PolicyViolation.exemption_id),
+            ).group_by(PolicyViolation.policy, PolicyViolation.check, PolicyViolation.severity)
+        )
+    ]
+    if rows:
+        session.execute(_insert(session, PolicyViolationCount.__table__), rows)
 
 
 def _store(
@@ -278,68 +425,88 @@ def _store(
             )
         ):
             risks[cid] = score
-    gone = [row[0] for key, row in existing.items() if key not in found]
+    counts = _CountDeltas()
+    gone = []
+    for key, (vid, severity, _, exemption) in existing.items():
+        if key not in found:
+            gone.append(vid)
+            counts.add(key[1], key[2], severity, exemption, -1)
     for start in range(0, len(gone), IN_CHUNK):
         session.execute(delete(PolicyViolation).where(PolicyViolation.id.in_(gone[start : start + IN_CHUNK])))
     stats.removed = len(gone)
-    new_rows, changed = [], []
+    stamp = _stored(now)
+    new_rows: list[tuple[Any, ...]] = []
+    changed: list[dict[str, Any]] = []
+    critical: set[Key] = set()
     for key, (violation, exemption) in found.items():
         old = existing.get(key)
-        values = {
-            "severity": violation.severity.value,
-            "severity_rank": SEVERITY_RANK[violation.severity],
-            "reason": violation.reason[:2000],
-            "exemption_id": exemption,
-            "updated_at": now,
-        }
+        severity = SEVERITY_VALUE[violation.severity]
+        reason = violation.reason[:2000]
         if old is None:
-            new_rows.append(
-                {"certificate_id": key[0], "policy": key[1], "check": key[2], "first_seen": now, **values}
+            rank = SEVERITY_RANK[violation.severity]
+            new_rows.append((key[0], key[1], key[2], severity, rank, reason, exemption, stamp, stamp))
+            counts.add(key[1], key[2], severity, exemption, 1)
+            if violation.severity is Severity.CRITICAL and exemption is None:
+                critical.add(key)
+        elif (old[1], old[2], old[3]) != (severity, reason, exemption):
+            changed.append(
+                {
+                    "id": old[0],
+                    "severity": severity,
+                    "severity_rank": SEVERITY_RANK[violation.severity],
+                    "reason": reason,
+                    "exemption_id": exemption,
+                    "updated_at": now,
+                }
             )
-        elif (old[1], old[2], old[3]) != (values["severity"], values["reason"], exemption):
-            changed.append({"id": old[0], **values})
-    if new_rows:
-        session.execute(_insert(session, PolicyViolation.__table__), new_rows)
-        critical = [
-            r for r in new_rows if r["severity"] == Severity.CRITICAL.value and r["exemption_id"] is None
-        ]
-        for row in critical:
-            vid = session.execute(
-                select(PolicyViolation.id).where(
-                    PolicyViolation.certificate_id == row["certificate_id"],
-                    PolicyViolation.policy == row["policy"],
-                    PolicyViolation.check == row["check"],
-                )
-            ).scalar_one()
-            stats.new_critical.append(vid)
+            counts.add(key[1], key[2], old[1], old[3], -1)
+            counts.add(key[1], key[2], severity, exemption, 1)
+    _bulk_insert(session, "policy_violations", VIOLATION_INSERT, new_rows)
+    for chunk in _chunks(sorted({key[0] for key in critical})):
+        for vid, cid, policy, check in session.execute(
+            select(
+                PolicyViolation.id,
+                PolicyViolation.certificate_id,
+                PolicyViolation.policy,
+                PolicyViolation.check,
+            ).where(
+                PolicyViolation.certificate_id.in_(chunk),
+                PolicyViolation.severity_rank == SEVERITY_RANK[Severity.CRITICAL],
+            )
+        ):
+            if (cid, policy, check) in critical:
+                stats.new_critical.append(vid)
     if changed:
         session.execute(update(PolicyViolation), changed)
     stats.added, stats.changed = len(new_rows), len(changed)
+    counts.apply(session)
 
     per_cert: dict[int, list[Severity]] = {}
     for (cid, _, _), (violation, exemption) in found.items():
         if exemption is None:
             per_cert.setdefault(cid, []).append(violation.severity)
-    risk_new, risk_changed = [], []
+    risk_new: list[tuple[Any, ...]] = []
+    risk_changed: list[dict[str, Any]] = []
     for item in inputs:
         if item.certificate_id is None:
             continue
         cid = item.certificate_id
         severities = per_cert.get(cid, [])
         score = risk_score(severities, endpoints=item.endpoints, not_after=item.not_after, now=now)
-        row = {
-            "certificate_id": cid,
-            "score": score,
-            "violations": len(severities),
-            "max_severity_rank": max((SEVERITY_RANK[s] for s in severities), default=-1),
-            "evaluated_at": now,
-        }
+        worst = max((SEVERITY_RANK[s] for s in severities), default=-1)
         if cid not in risks:
-            risk_new.append(row)
+            risk_new.append((cid, score, len(severities), worst, stamp))
         elif risks[cid] != score:
-            risk_changed.append(row)
-    if risk_new:
-        session.execute(_insert(session, CertificateRisk.__table__), risk_new)
+            risk_changed.append(
+                {
+                    "certificate_id": cid,
+                    "score": score,
+                    "violations": len(severities),
+                    "max_severity_rank": worst,
+                    "evaluated_at": now,
+                }
+            )
+    _bulk_insert(session, "certificate_risk", RISK_INSERT, risk_new)
     if risk_changed:
         session.execute(update(CertificateRisk), risk_changed)
     return stats
@@ -402,7 +569,7 @@ def evaluate_certificates(
         live = {row.id for row in rows}
         archived = [cid for cid in chunk if cid not in live]
         if archived:
-            session.execute(delete(PolicyViolation).where(PolicyViolation.certificate_id.in_(archived)))
+            _forget(session, PolicyViolation.certificate_id.in_(archived))
             session.execute(delete(CertificateRisk).where(CertificateRisk.certificate_id.in_(archived)))
         stats.merge(_evaluate_rows(session, rows, policies, exemptions, now))
     return stats
@@ -428,7 +595,7 @@ def evaluate_batch(
 
 
 def drop_policy(session: Session, name: str) -> None:
-    session.execute(delete(PolicyViolation).where(PolicyViolation.policy == name))
+    _forget(session, PolicyViolation.policy == name)
 
 
 def reevaluate_all(session: Session, *, now: datetime, batch: int = BATCH) -> EvaluationStats:
@@ -440,88 +607,8 @@ def reevaluate_all(session: Session, *, now: datetime, batch: int = BATCH) -> Ev
     while True:
         last, part = evaluate_batch(session, after_id=after, limit=batch, now=now)
         if last is None:
+            # Recounted from scratch: a full pass also repairs counts that anything drifted.
+            rebuild_counts(session)
             return stats
         stats.merge(part)
         after = last
-
-
-# ---- enrollment --------------------------------------------------------------------------------
-
-
-class PolicyRefusedError(InvalidInputError):
-    """The request breaks a blocking policy rule."""
-
-    code = "policy-refused"
-
-
-BLOCKING = frozenset({Severity.HIGH, Severity.CRITICAL})
-
-
-def _key_facts(key_type: str) -> tuple[str, int | None, str | None]:
-    kind, _, size = key_type.upper().partition("-")
-    if kind == "RSA":
-        return "RSA", int(size) if size.isdigit() else None, None
-    if kind == "EC":
-        curve = {"P256": "secp256r1", "P384": "secp384r1", "P521": "secp521r1"}.get(size, size.lower())
-        return "EC", {"secp256r1": 256, "secp384r1": 384, "secp521r1": 521}.get(curve), curve
-    return key_type, None, None
-
-
-def check_enrollment(
-    session: Session,
-    *,
-    names: Sequence[str],
-    key_type: str,
-    validity_days: int,
-    now: datetime,
-    profile: str | None = None,
-    owner: str | None = None,
-    team: str | None = None,
-    environment: str | None = None,
-    tags: Iterable[str] = (),
-    issuer: str = "",
-    extended_key_usage: Sequence[str] = ("serverAuth",),
-) -> list[Violation]:
-    """Every violation an enrollment request would have, before any key or CSR exists.
-
-    Blocking ones are those at high or critical severity; :func:`enforce_enrollment` refuses them.
-    """
-    algorithm, size, curve = _key_facts(key_type)
-    sans = tuple(f"IP:{n}" if n.replace(".", "").isdigit() or ":" in n else f"DNS:{n.lower()}" for n in names)
-    item = PolicyInput(
-        not_before=now,
-        not_after=now + timedelta(days=validity_days),
-        key_algorithm=algorithm,
-        key_size=size,
-        key_curve=curve,
-        signature_algorithm="sha256",
-        sans=sans,
-        common_name=names[0] if names else None,
-        extended_key_usage=tuple(extended_key_usage),
-        issuer=issuer,
-        owner=owner,
-        team=team,
-        environment=environment,
-        profile=profile,
-        tags=frozenset(tags),
-        enrollment=True,
-    )
-    found = []
-    for policy in load_policies(session):
-        if policy.applies(item):
-            found.extend(policy.run(item, now))
-    return found
-
-
-def enforce_enrollment(session: Session, **request: Any) -> list[Violation]:
-    """Raises :class:`PolicyRefusedError` listing every blocking reason; returns the non-blocking ones."""
-    found = check_enrollment(session, **request)
-    blocking = [v for v in found if v.severity in BLOCKING]
-    if blocking:
-        reasons = [{"check": v.check, "severity": v.severity.value, "reason": v.reason} for v in blocking]
-        raise PolicyRefusedError(
-            "refused by policy: " + "; ".join(f"{v.check}: {v.reason}" for v in blocking),
-            field="policy",
-            reasons=reasons,
-        )
-    return found

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, Boolean, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy import JSON, Boolean, ForeignKey, Index, Integer, LargeBinary, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
 from sslclm.core.db import Base, UTCDateTime
@@ -50,6 +50,8 @@ class PolicyViolation(Base):
         Index("ix_policy_violations_severity_id", "severity_rank", "id"),
         Index("ix_policy_violations_check_id", "check", "id"),
         Index("ix_policy_violations_policy_id", "policy", "id"),
+        # Finds the violations an expiring exemption covered.
+        Index("ix_policy_violations_exemption_id", "exemption_id"),
     )
 
 
@@ -83,3 +85,53 @@ class CertificateRisk(Base):
     evaluated_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
     __table_args__ = (Index("ix_certificate_risk_score", "score", "certificate_id"),)
+
+
+class PolicyViolationCount(Base):
+    """Violations per policy, check and severity, kept by the evaluator as it writes violations.
+
+    The compliance report and the metrics read these few rows instead of grouping millions.
+    """
+
+    __tablename__ = "policy_violation_counts"
+
+    policy: Mapped[str] = mapped_column(String(100), primary_key=True)
+    check: Mapped[str] = mapped_column(String(64), primary_key=True)
+    severity: Mapped[str] = mapped_column(String(16), primary_key=True)
+    violations: Mapped[int] = mapped_column(Integer)  # not exempted
+    exempted: Mapped[int] = mapped_column(Integer)
+
+
+class PolicyClock(Base):
+    """How far in time a periodic re-evaluation has brought the stored violations."""
+
+    __tablename__ = "policy_clock"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    evaluated_until: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class RevocationList(Base):
+    """A CRL fetched from a distribution point named by certificates in the inventory."""
+
+    __tablename__ = "revocation_lists"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    url: Mapped[str] = mapped_column(String(2048), unique=True)
+    issuer: Mapped[str | None] = mapped_column(Text)
+    this_update: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    next_update: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    crl_number: Mapped[str | None] = mapped_column(String(64))  # up to 20 octets: wider than BIGINT
+    entries: Mapped[int] = mapped_column(Integer, default=0)
+    # None: the issuer's certificate is not in the inventory, so the signature could not be checked.
+    signature_valid: Mapped[bool | None] = mapped_column(Boolean)
+    der: Mapped[bytes | None] = mapped_column(LargeBinary)
+    fetched_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # When to fetch again: the CRL's nextUpdate, or a back-off after a failure.
+    due_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    # Certificates naming this URL arrived after the last fetch: apply the cached CRL to them.
+    recheck: Mapped[bool] = mapped_column(Boolean, default=False)
+    failures: Mapped[int] = mapped_column(Integer, default=0)
+    error: Mapped[str | None] = mapped_column(Text)
+
+    __table_args__ = (Index("ix_revocation_lists_due_at", "due_at"),)

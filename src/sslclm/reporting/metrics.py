@@ -1,4 +1,11 @@
-"""Prometheus metrics from a few aggregate queries, cached for a few seconds per process.
+"""Prometheus metrics, rendered from precomputed counts in a few milliseconds at any inventory size.
+
+Inventory gauges (certificates by status, expiring within 7/30/90 days, jobs by state, scans) need
+counts over whole tables; the ``reporting.metrics-snapshot`` task computes them every two minutes and
+stores them, and ``sslclm_metrics_snapshot_age_seconds`` says how old they are. Violations by
+severity come live from the counts the policy evaluator maintains. When no snapshot exists or it is
+older than ``STALE_AFTER`` (no scheduler is running), a render counts inline and stores the result.
+The rendered text is also cached per process for a few seconds.
 
 Labels are small closed sets (status, window, severity, job state): no per-certificate series.
 """
@@ -8,22 +15,27 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
-from datetime import timedelta
+from datetime import datetime, timedelta
+from typing import Any
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 from sqlalchemy import func, select
+from sqlalchemy.orm import Session
 
 from sslclm.core.platform import Platform
 from sslclm.discovery.models import Scan
 from sslclm.inventory.models import Certificate
 from sslclm.inventory.query import Status, status_condition
 from sslclm.jobs.models import Job
-from sslclm.policies.models import PolicyViolation
+from sslclm.policies.models import PolicyViolationCount
+from sslclm.reporting.models import ReportSnapshot
 
 CACHE_SECONDS = 5.0
 WINDOWS = (7, 30, 90)
+SNAPSHOT = "metrics:inventory"
+STALE_AFTER = timedelta(minutes=10)
 
 
 class _Snapshot(Collector):
@@ -34,52 +46,104 @@ class _Snapshot(Collector):
         yield from self.families
 
 
+def count_gauges(session: Session, *, now: datetime, expiring_days: int) -> dict[str, dict[str, int]]:
+    """The whole-table counts behind the inventory gauges (the slow part; run by the task)."""
+    window = timedelta(days=expiring_days)
+    live = Certificate.archived_at.is_(None)
+    statuses = {
+        status.value: session.execute(
+            select(func.count()).select_from(Certificate).where(live, status_condition(status, now, window))
+        ).scalar_one()
+        for status in Status
+    }
+    expiring = {
+        str(days): session.execute(
+            select(func.count())
+            .select_from(Certificate)
+            .where(
+                live,
+                Certificate.revoked_at.is_(None),
+                Certificate.not_after >= now,
+                Certificate.not_after < now + timedelta(days=days),
+            )
+        ).scalar_one()
+        for days in WINDOWS
+    }
+    jobs = {state: n for state, n in session.execute(select(Job.status, func.count()).group_by(Job.status))}
+    scans = {
+        state: n for state, n in session.execute(select(Scan.status, func.count()).group_by(Scan.status))
+    }
+    return {"certificates": statuses, "expiring": expiring, "jobs": jobs, "scans": scans}
+
+
+def refresh_snapshot(session: Session, *, now: datetime, expiring_days: int) -> ReportSnapshot:
+    """Counts and stores the gauges (in the caller's transaction)."""
+    started = time.perf_counter()
+    data = count_gauges(session, now=now, expiring_days=expiring_days)
+    duration = int((time.perf_counter() - started) * 1000)
+    row = session.get(ReportSnapshot, SNAPSHOT)
+    if row is None:
+        row = ReportSnapshot(name=SNAPSHOT, data=data, computed_at=now, duration_ms=duration)
+        session.add(row)
+    else:
+        row.data, row.computed_at, row.duration_ms = data, now, duration
+    session.flush()
+    return row
+
+
+def _gauge(name: str, doc: str, label: str, values: dict[str, Any]) -> GaugeMetricFamily:
+    family = GaugeMetricFamily(name, doc, labels=[label])
+    for key, value in values.items():
+        family.add_metric([key], value)
+    return family
+
+
 def _families(platform: Platform) -> list[GaugeMetricFamily]:
     now = platform.clock()
-    window = timedelta(days=platform.settings.expiring_days)
-    live = Certificate.archived_at.is_(None)
     with platform.sessions() as session:
-        by_status = GaugeMetricFamily(
-            "sslclm_certificates", "Certificates by lifecycle status", labels=["status"]
-        )
-        for status in Status:
-            count = session.execute(
-                select(func.count())
-                .select_from(Certificate)
-                .where(live, status_condition(status, now, window))
-            ).scalar_one()
-            by_status.add_metric([status.value], count)
-        expiring = GaugeMetricFamily(
-            "sslclm_certificates_expiring", "Live certificates expiring within N days", labels=["within_days"]
-        )
-        for days in WINDOWS:
-            count = session.execute(
-                select(func.count())
-                .select_from(Certificate)
-                .where(
-                    live,
-                    Certificate.revoked_at.is_(None),
-                    Certificate.not_after >= now,
-                    Certificate.not_after < now + timedelta(days=days),
+        row = session.get(ReportSnapshot, SNAPSHOT)
+        if row is None or now - row.computed_at > STALE_AFTER:
+            row = refresh_snapshot(session, now=now, expiring_days=platform.settings.expiring_days)
+            session.commit()
+        data, computed_at = row.data, row.computed_at
+        violations = {
+            severity: int(count or 0)
+            for severity, count in session.execute(
+                select(PolicyViolationCount.severity, func.sum(PolicyViolationCount.violations)).group_by(
+                    PolicyViolationCount.severity
                 )
-            ).scalar_one()
-            expiring.add_metric([str(days)], count)
-        violations = GaugeMetricFamily(
-            "sslclm_policy_violations", "Open (non-exempt) policy violations by severity", labels=["severity"]
-        )
-        for severity, count in session.execute(
-            select(PolicyViolation.severity, func.count())
-            .where(PolicyViolation.exemption_id.is_(None))
-            .group_by(PolicyViolation.severity)
-        ):
-            violations.add_metric([severity], count)
-        jobs = GaugeMetricFamily("sslclm_jobs", "Jobs by state", labels=["state"])
-        for state, count in session.execute(select(Job.status, func.count()).group_by(Job.status)):
-            jobs.add_metric([state], count)
-        scans = GaugeMetricFamily("sslclm_scans", "Discovery scans by status", labels=["status"])
-        for state, count in session.execute(select(Scan.status, func.count()).group_by(Scan.status)):
-            scans.add_metric([state], count)
-    return [by_status, expiring, violations, jobs, scans]
+            )
+        }
+    age = GaugeMetricFamily(
+        "sslclm_metrics_snapshot_age_seconds",
+        "Age of the inventory counts below (refreshed every two minutes)",
+    )
+    age.add_metric([], max((now - computed_at).total_seconds(), 0.0))
+    return [
+        _gauge("sslclm_certificates", "Certificates by lifecycle status", "status", data["certificates"]),
+        _gauge(
+            "sslclm_certificates_expiring",
+            "Live certificates expiring within N days",
+            "within_days",
+            data["expiring"],
+        ),
+        _gauge(
+            "sslclm_policy_violations",
+            "Open (non-exempt) policy violations by severity",
+            "severity",
+            violations,
+        ),
+        _gauge("sslclm_jobs", "Jobs by state", "state", data["jobs"]),
+        _gauge("sslclm_scans", "Discovery scans by status", "status", data["scans"]),
+        age,
+    ]
+
+
+def render(platform: Platform) -> bytes:
+    """The exposition text, without the per-process cache."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Snapshot(_families(platform)))
+    return generate_latest(registry)
 
 
 class MetricsCache:
@@ -92,8 +156,6 @@ class MetricsCache:
         with self._lock:
             if time.monotonic() < self._until:
                 return self._body
-            registry = CollectorRegistry(auto_describe=False)
-            registry.register(_Snapshot(_families(platform)))
-            self._body = generate_latest(registry)
+            self._body = render(platform)
             self._until = time.monotonic() + CACHE_SECONDS
             return self._body

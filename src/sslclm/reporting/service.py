@@ -12,14 +12,14 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
-from sqlalchemy import Date, and_, cast, func, select
+from sqlalchemy import Date, and_, cast, func, or_, select
 from sqlalchemy.orm import Session
 
 from sslclm.discovery.models import Endpoint
 from sslclm.errors import InvalidInputError, NotFoundError
 from sslclm.inventory.models import Certificate, Issuer
 from sslclm.inventory.query import CertificateFilter, count_by
-from sslclm.policies.models import CertificateRisk, PolicyViolation
+from sslclm.policies.models import CertificateRisk, PolicyViolationCount
 from sslclm.workflows.models import Issuance
 
 HORIZON_DAYS = 90
@@ -71,21 +71,21 @@ def breakdown(session: Session, by: str, *, now: datetime, expiring_days: int) -
 
 
 def compliance(session: Session) -> list[dict[str, Any]]:
-    """Open violations per policy, check and severity, with the exempted ones counted apart."""
+    """Open violations per policy, check and severity, with the exempted ones counted apart.
+
+    Read from the counts the evaluator maintains, not by grouping every violation.
+    """
     rows = session.execute(
         select(
-            PolicyViolation.policy,
-            PolicyViolation.check,
-            PolicyViolation.severity,
-            func.count(),
-            func.count(PolicyViolation.exemption_id),
-        ).group_by(PolicyViolation.policy, PolicyViolation.check, PolicyViolation.severity)
+            PolicyViolationCount.policy,
+            PolicyViolationCount.check,
+            PolicyViolationCount.severity,
+            PolicyViolationCount.violations,
+            PolicyViolationCount.exempted,
+        ).where(or_(PolicyViolationCount.violations > 0, PolicyViolationCount.exempted > 0))
     ).all()
     return sorted(
-        (
-            {"policy": p, "check": c, "severity": s, "violations": n - e, "exempted": e}
-            for p, c, s, n, e in rows
-        ),
+        ({"policy": p, "check": c, "severity": s, "violations": n, "exempted": e} for p, c, s, n, e in rows),
         key=lambda r: (-r["violations"], r["policy"], r["check"]),
     )
 

@@ -32,6 +32,9 @@ from sslclm.jobs.registry import periodic, task
 from sslclm.jobs.steps import Done, Next, StepContext, Wait
 from sslclm.pki import SigningKey, build_csr, certificate_to_pem, generate_private_key
 from sslclm.pki.ca_tools import csr_to_pem
+from sslclm.policies.engine import evaluate_certificates
+from sslclm.policies.enrollment import enforce_managed
+from sslclm.policies.incremental import certificates_written
 from sslclm.spi.ca import CAGateway
 from sslclm.spi.capabilities import Capability, ConnectorKind
 from sslclm.spi.registry import call
@@ -118,6 +121,24 @@ def _csr_pem(key: SigningKey, target: Target) -> str:
     return csr_to_pem(build_csr(key, target.common_name, target.dns_names, target.ip_addresses)).decode()
 
 
+def _enforce_policy(ctx: StepContext, target: Target) -> None:
+    """Refuses, with every reason, a request that breaks a blocking policy rule (checked again at each
+    renewal: the policy may have changed since the certificate was declared)."""
+    managed = ctx.session.get(ManagedCertificate, target.managed_id)
+    enforce_managed(
+        ctx.session,
+        names=[*target.dns_names, *target.ip_addresses] or [target.common_name],
+        key_type=target.key_type,
+        validity_days=target.validity_days,
+        purpose=target.purpose,
+        profile=target.profile_name,
+        owner=target.owner,
+        team=target.team,
+        tags=managed.tags if managed is not None else (),
+        now=ctx.now,
+    )
+
+
 @task("certificate.issue")
 def start_issue(ctx: StepContext) -> Next | Wait:
     """Checks the request against the profile (waiting for an approval when it needs one), then
@@ -127,6 +148,7 @@ def start_issue(ctx: StepContext) -> Next | Wait:
         # Revoked or switched off after this job was queued: issuing now would undo that decision.
         raise ConflictError(f"managed certificate '{target.name}' is {target.status}")
     check_allowed(target.dns_names, target.ip_addresses, target.allowed_names, target.profile_name)
+    _enforce_policy(ctx, target)
     if target.approval_required:
         parked = _await_approval(ctx, target)
         if parked is not None:
@@ -191,6 +213,8 @@ def _record(ctx: StepContext, target: Target, certificate_pem: str, chain_pem: l
     )
     # Every binding of the managed certificate gets the new certificate, in the same commit.
     enqueue_deployments(ctx.session, target.managed_id, int(outcome["certificate_id"]), now=ctx.now)
+    # The new certificate's compliance is known from the start (and its CRL will be watched).
+    certificates_written(ctx.session, [int(outcome["certificate_id"])], now=ctx.now)
     # The serial, the certificate and the renewal time are in the job's result; no history line is
     # added, which saves a write on the busiest path.
     return Done(outcome)
@@ -293,6 +317,7 @@ def record_revoked(ctx: StepContext) -> Done:
         certificate.revoked_at = ctx.now
         certificate.revocation_reason = str(ctx.payload["reason"])
         certificate.updated_at = ctx.now
+        evaluate_certificates(session, [certificate.id], now=ctx.now)
     managed_id = ctx.payload.get("managed_id")
     managed = session.get(ManagedCertificate, int(managed_id)) if managed_id else None
     if (

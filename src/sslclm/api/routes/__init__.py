@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from sslclm.api.routes import (
+    agents,
     audit,
     auth,
     ca_sync,
@@ -35,6 +36,7 @@ ROUTERS: list[APIRouter] = [
     workflows.router,
     ca_sync.router,
     stores.router,
+    agents.router,
     discovery.router,
     policies.router,
     reports.router,

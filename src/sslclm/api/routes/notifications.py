@@ -10,7 +10,8 @@ from sslclm.api.deps import AuditDep, PlatformDep, SessionDep, require
 from sslclm.api.routes.certificates import json_response
 from sslclm.auth.permissions import Permission
 from sslclm.notifications import service
-from sslclm.notifications.models import NotificationLog, NotificationRule
+from sslclm.notifications.digest import build_digests
+from sslclm.notifications.models import NotificationEvent, NotificationLog, NotificationRule
 
 router = APIRouter(prefix="/notifications", tags=["notifications"])
 CanRead = Depends(require(Permission.CERT_READ))
@@ -49,6 +50,18 @@ def notification_log(session: SessionDep, limit: int = 100, status: str | None =
 
 @router.post("/sweep", dependencies=[CanManage], summary="Queue new events and deliver them now")
 def sweep(session: SessionDep, platform: PlatformDep) -> Response:
-    queued = service.queue_events(session, now=platform.clock())
+    now = platform.clock()
+    queued = service.queue_events(session, now=now)
+    digests = build_digests(session, now=now)
     session.commit()
-    return json_response({"queued": queued, **service.deliver_pending(platform)})
+    return json_response({"queued": queued, "digests": digests, **service.deliver_pending(platform)})
+
+
+@router.get(
+    "/events", dependencies=[CanRead], summary="Raised events (failed jobs, drift, ...), newest first"
+)
+def list_events(session: SessionDep, limit: int = 100, kind: str | None = None) -> Response:
+    stmt = select(NotificationEvent).order_by(NotificationEvent.id.desc()).limit(max(1, min(limit, 1000)))
+    if kind:
+        stmt = stmt.where(NotificationEvent.kind == kind)
+    return json_response([service.event_view(e) for e in session.execute(stmt).scalars()])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query, Request
@@ -13,14 +14,19 @@ from sslclm.api.deps import AuditDep, PlatformDep, SessionDep, require
 from sslclm.api.routes.certificates import json_response
 from sslclm.auth.permissions import Permission
 from sslclm.errors import InvalidInputError
-from sslclm.policies import engine, service
+from sslclm.inventory.models import Certificate
+from sslclm.jobs import queue
+from sslclm.policies import engine, enrollment, service
 from sslclm.policies.models import PolicyExemption
+from sslclm.policies.tasks import REEVALUATE_TASK
 from sslclm.reporting.service import to_csv
 
 router = APIRouter(prefix="/policies", tags=["policies"])
 CanRead = Depends(require(Permission.CERT_READ))
 CanManage = Depends(require(Permission.POLICY_MANAGE))
 MAX_DOCUMENT = 256 * 1024
+# Past this many certificates a full re-evaluation runs as a job, not inside the request.
+SYNC_EVALUATION_LIMIT = 20_000
 
 
 @router.get("/checks", dependencies=[CanRead], summary="The built-in checks and their parameters")
@@ -44,9 +50,19 @@ async def put_policy(request: Request, session: SessionDep, platform: PlatformDe
         raise InvalidInputError("the policy document is larger than 256 KiB", field="document")
     now = platform.clock()
     row, created = service.put_policy(session, ctx, raw.decode("utf-8", "replace"), now=now)
-    stats = engine.reevaluate_all(session, now=now)
+    evaluation = _reevaluate(session, now)
     session.commit()
-    return json_response({**service.policy_view(row), "evaluation": stats.as_dict()}, 201 if created else 200)
+    return json_response({**service.policy_view(row), "evaluation": evaluation}, 201 if created else 200)
+
+
+def _reevaluate(session: SessionDep, now: datetime) -> dict[str, Any]:
+    """Re-evaluates a small inventory in this request; a large one in a job (it takes minutes)."""
+    if session.execute(select(Certificate.id).offset(SYNC_EVALUATION_LIMIT).limit(1)).first() is None:
+        return engine.reevaluate_all(session, now=now).as_dict()
+    job = queue.enqueue(
+        session, REEVALUATE_TASK, {"full": True}, now=now, dedupe_key="policies:reevaluate-full"
+    )
+    return {"queued_job_id": job.id}
 
 
 class ViolationQuery(service.ViolationFilter):
@@ -77,9 +93,9 @@ def export_violations(session: SessionDep, params: Annotated[ViolationExport, Qu
 
 @router.post("/evaluate", dependencies=[CanManage], summary="Re-evaluate the whole inventory now")
 def evaluate(session: SessionDep, platform: PlatformDep) -> Response:
-    stats = engine.reevaluate_all(session, now=platform.clock())
+    evaluation = _reevaluate(session, platform.clock())
     session.commit()
-    return json_response(stats.as_dict())
+    return json_response(evaluation)
 
 
 class EnrollmentCheck(BaseModel):
@@ -101,13 +117,13 @@ class EnrollmentCheck(BaseModel):
     summary="What policy says about an enrollment request",
 )
 def check_enrollment(body: EnrollmentCheck, session: SessionDep, platform: PlatformDep) -> Response:
-    found = engine.check_enrollment(session, now=platform.clock(), **body.model_dump())
+    found = enrollment.check_enrollment(session, now=platform.clock(), **body.model_dump())
     items: list[dict[str, Any]] = [
         {
             "check": v.check,
             "severity": v.severity.value,
             "reason": v.reason,
-            "blocking": v.severity in engine.BLOCKING,
+            "blocking": v.severity in enrollment.BLOCKING,
         }
         for v in found
     ]
@@ -149,6 +165,6 @@ def get_policy(name: str, session: SessionDep, format: Literal["json", "yaml"] =
 @router.delete("/{name}", dependencies=[CanManage], summary="Delete a policy set and its violations")
 def delete_policy(name: str, session: SessionDep, platform: PlatformDep, ctx: AuditDep) -> Response:
     service.delete_policy(session, ctx, name)
-    engine.reevaluate_all(session, now=platform.clock())
+    _reevaluate(session, platform.clock())
     session.commit()
     return json_response({"deleted": name})

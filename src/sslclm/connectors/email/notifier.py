@@ -56,9 +56,12 @@ class EmailNotifier(Notifier):
             if cfg.username:
                 password = cfg.password.get_secret_value() if cfg.password else ""
                 smtp.login(cfg.username, password)
-        except smtplib.SMTPAuthenticationError:
+        except smtplib.SMTPAuthenticationError as exc:
             smtp.close()
-            raise ConnectorError("the SMTP server refused the credentials", retryable=False) from None
+            reply = exc.smtp_error.decode("utf-8", "replace") if isinstance(exc.smtp_error, bytes) else ""
+            raise ConnectorError(
+                f"the SMTP server refused the credentials: {exc.smtp_code} {reply}".rstrip(), retryable=False
+            ) from None
         except (OSError, smtplib.SMTPException, ssl.SSLError) as exc:
             smtp.close()
             raise ConnectorError(

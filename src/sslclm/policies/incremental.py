@@ -1,0 +1,141 @@
+"""Keeping violations current without re-reading the inventory.
+
+Three triggers feed :func:`sslclm.policies.engine.evaluate_certificates` with just the certificates
+whose verdict may have changed:
+
+- a batch of certificates was written (import, discovery, CA sync, store read-back): the new ones,
+  plus the older holder of a public key that the batch makes shared (key reuse);
+- a scan batch changed what endpoints serve: the certificates served now and those served before;
+- time passed: certificates whose ``not_after`` crossed an expiry window (or the risk formula's
+  steps), whose ``not_before`` passed while flagged not yet valid, and those an exemption that has
+  just expired was covering. They are found by ranges on indexed columns, never by a scan.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from datetime import datetime, timedelta
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from sslclm.inventory.models import Certificate
+from sslclm.policies.checks import ExpiryParams
+from sslclm.policies.engine import (
+    IN_CHUNK,
+    CompiledPolicy,
+    EvaluationStats,
+    evaluate_certificates,
+    key_counts,
+    load_policies,
+)
+from sslclm.policies.models import PolicyClock, PolicyExemption, PolicyViolation
+from sslclm.policies.revocation import register_distribution_points
+
+# Steps of the risk formula's expiry term (see sslclm.policies.risk).
+RISK_STEPS = (timedelta(0), timedelta(days=7), timedelta(days=30))
+TIME_CLOCK = "time"
+
+
+def certificates_written(
+    session: Session, new_ids: Sequence[int], *, now: datetime, also: Iterable[int] = ()
+) -> EvaluationStats:
+    """Evaluates a written batch: ``new_ids``, the certificates in ``also``, and key-reuse peers.
+
+    Also registers the CRL distribution points the new certificates name, for the revocation check.
+    """
+    wanted = set(new_ids) | set(also)
+    keys: set[str] = set()
+    new_keys: list[str] = []
+    urls: set[str] = set()
+    for start in range(0, len(new_ids), IN_CHUNK):
+        for pub, points in session.execute(
+            select(Certificate.public_key_sha256, Certificate.crl_distribution_points).where(
+                Certificate.id.in_(new_ids[start : start + IN_CHUNK])
+            )
+        ):
+            keys.add(pub)
+            new_keys.append(pub)
+            urls.update(points or ())
+    new = set(new_ids)
+    new_per_key: dict[str, int] = {}
+    for pub in new_keys:
+        new_per_key[pub] = new_per_key.get(pub, 0) + 1
+    for pub, count in key_counts(session, keys).items():
+        if count - new_per_key.get(pub, 0) == 1:
+            # The one older holder's key was its own until this batch: its verdict changes.
+            wanted.update(
+                cid
+                for cid in session.execute(
+                    select(Certificate.id).where(Certificate.public_key_sha256 == pub)
+                ).scalars()
+                if cid not in new
+            )
+    if urls:
+        register_distribution_points(session, sorted(urls), now=now)
+    return evaluate_certificates(session, wanted, now=now)
+
+
+def time_thresholds(policies: Sequence[CompiledPolicy]) -> set[timedelta]:
+    """Distances before ``not_after`` at which some verdict or score changes."""
+    found = set(RISK_STEPS)
+    for policy in policies:
+        for entry in policy.checks:
+            if entry.name == "expiry" and isinstance(entry.params, ExpiryParams):
+                found.add(timedelta(days=entry.params.warning_days))
+                found.add(timedelta(days=entry.params.critical_days))
+    return found
+
+
+def ids_changed_by_time(session: Session, since: datetime, until: datetime) -> set[int]:
+    """Certificates whose time-dependent verdicts may differ between ``since`` and ``until``."""
+    ids: set[int] = set()
+    live = Certificate.archived_at.is_(None)
+    for threshold in time_thresholds(load_policies(session)):
+        # "within T of expiry" flips when not_after - T passes: not_after in [since + T, until + T).
+        ids.update(
+            session.execute(
+                select(Certificate.id).where(
+                    Certificate.not_after >= since + threshold,
+                    Certificate.not_after < until + threshold,
+                    live,
+                )
+            ).scalars()
+        )
+    ids.update(
+        session.execute(
+            select(PolicyViolation.certificate_id)
+            .join(Certificate, Certificate.id == PolicyViolation.certificate_id)
+            .where(PolicyViolation.check == "not-yet-valid", Certificate.not_before <= until)
+        ).scalars()
+    )
+    expired = select(PolicyExemption.id).where(
+        PolicyExemption.expires_at > since, PolicyExemption.expires_at <= until
+    )
+    ids.update(
+        session.execute(
+            select(PolicyViolation.certificate_id).where(PolicyViolation.exemption_id.in_(expired))
+        ).scalars()
+    )
+    return ids
+
+
+def clock(session: Session, name: str = TIME_CLOCK) -> datetime | None:
+    row = session.get(PolicyClock, name)
+    return row.evaluated_until if row is not None else None
+
+
+def set_clock(session: Session, until: datetime, name: str = TIME_CLOCK) -> None:
+    row = session.get(PolicyClock, name)
+    if row is None:
+        session.add(PolicyClock(name=name, evaluated_until=until))
+    else:
+        row.evaluated_until = until
+    session.flush()
+
+
+def evaluate_elapsed(session: Session, *, since: datetime, now: datetime) -> EvaluationStats:
+    """Brings time-dependent verdicts from ``since`` to ``now`` and moves the clock to ``now``."""
+    stats = evaluate_certificates(session, ids_changed_by_time(session, since, now), now=now)
+    set_clock(session, now)
+    return stats
