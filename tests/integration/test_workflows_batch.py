@@ -146,3 +146,37 @@ def test_renewals_that_need_approval_or_keep_their_key_stay_single_jobs(
         single = session.execute(select(Job).where(Job.kind == ISSUE_TASK, Job.status == "succeeded")).all()
         assert len(single) == 6  # five enrollments and the key-reusing renewal
         assert verify_chain(session).ok
+
+
+STRICT = """\
+name: strict
+scope: {kind: all}
+checks:
+  - check: max-validity
+    params: {max_days: 10}
+"""
+
+
+def test_a_renewal_the_policy_now_refuses_fails_on_its_own_with_the_reasons(
+    client: TestClient, api_users: dict[str, ApiUser], platform: Platform, enrolled: list[int]
+) -> None:
+    admin = api_users["admin"].headers
+    assert client.put(f"{API}/policies", content=STRICT, headers=admin).status_code == 201
+    make_due(platform, enrolled)
+    with platform.sessions() as session:
+        assert enqueue_due_renewals(session, now=platform.clock()) == 1
+        session.commit()
+    run_jobs(platform)
+    with platform.sessions() as session:
+        batch = session.execute(select(Job).where(Job.kind == BATCH_TASK)).scalar_one()
+        assert batch.status == "succeeded" and batch.result["handed_over"] == 5, batch.result
+        single = (
+            session.execute(select(Job).where(Job.kind == ISSUE_TASK, Job.status == "failed")).scalars().all()
+        )
+        assert len(single) == 5
+        assert all("refused by policy" in (job.last_error or "") for job in single)
+        for managed in session.execute(
+            select(ManagedCertificate).where(ManagedCertificate.id.in_(enrolled))
+        ).scalars():
+            assert managed.status == "active"  # the current certificate still serves
+            assert "max-validity" in (managed.status_message or "")

@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 
 from sslclm.errors import InvalidInputError
 from sslclm.policies.checks import PolicyInput, Severity, Violation
-from sslclm.policies.engine import load_policies
+from sslclm.policies.engine import CompiledPolicy, load_policies
 
 # The extended key usages a profile's purpose asks for.
 PURPOSE_EKUS = {
@@ -57,8 +57,11 @@ def check_enrollment(
     tags: Iterable[str] = (),
     issuer: str = "",
     extended_key_usage: Sequence[str] = ("serverAuth",),
+    policies: Sequence[CompiledPolicy] | None = None,
 ) -> list[Violation]:
     """Every violation an enrollment request would have, before any key or CSR exists.
+
+    ``policies``: the compiled policy sets, when the caller checks many requests at once.
 
     Blocking ones are those at high or critical severity; :func:`enforce_enrollment` refuses them.
     """
@@ -83,7 +86,7 @@ def check_enrollment(
         enrollment=True,
     )
     found = []
-    for policy in load_policies(session):
+    for policy in load_policies(session) if policies is None else policies:
         if policy.applies(item):
             found.extend(policy.run(item, now))
     return found
@@ -115,6 +118,7 @@ def enforce_managed(
     team: str | None,
     tags: Iterable[str],
     now: datetime,
+    policies: Sequence[CompiledPolicy] | None = None,
 ) -> list[Violation]:
     """:func:`enforce_enrollment` for a managed certificate's request under its profile."""
     return enforce_enrollment(
@@ -128,4 +132,5 @@ def enforce_managed(
         team=team,
         tags=tags,
         extended_key_usage=PURPOSE_EKUS.get(purpose, ("serverAuth",)),
+        policies=policies,
     )

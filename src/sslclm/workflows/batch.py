@@ -33,6 +33,9 @@ from sslclm.jobs.registry import task
 from sslclm.jobs.steps import Done, Next, StepContext
 from sslclm.pki import build_csr, generate_private_key, private_key_to_pkcs8_der, public_key_sha256
 from sslclm.pki.ca_tools import csr_to_pem
+from sslclm.policies.engine import CompiledPolicy, load_policies
+from sslclm.policies.enrollment import enforce_managed
+from sslclm.policies.incremental import certificates_written
 from sslclm.spi.ca import CAGateway
 from sslclm.spi.capabilities import Capability, ConnectorKind
 from sslclm.spi.registry import call
@@ -79,11 +82,29 @@ def _hand_over(ctx: StepContext, managed_ids: Sequence[int]) -> None:
     ctx.progress(f"{len(managed_ids)} renewal(s) handed to jobs of their own")
 
 
+def _enforce_policy(ctx: StepContext, target: Target, policies: list[CompiledPolicy]) -> None:
+    """The same check as a single renewal's (``certificate.issue``), against policies loaded once."""
+    enforce_managed(
+        ctx.session,
+        names=[*target.dns_names, *target.ip_addresses] or [target.common_name],
+        key_type=target.key_type,
+        validity_days=target.validity_days,
+        purpose=target.purpose,
+        profile=target.profile_name,
+        owner=target.owner,
+        team=target.team,
+        tags=target.tags,
+        now=ctx.now,
+        policies=policies,
+    )
+
+
 @task(BATCH_TASK)
 def start_batch(ctx: StepContext) -> Next | Done:
     """Makes a key and a CSR for each item that can still be renewed in the batch."""
     managed_ids = [int(i) for i in ctx.payload["managed_ids"]]
     targets = load_targets(ctx.session, managed_ids)
+    policies = load_policies(ctx.session)  # once for the batch; each item is checked against them
     items: list[dict[str, Any]] = []
     key_rows: list[dict[str, Any]] = []
     elsewhere: list[int] = []
@@ -95,6 +116,7 @@ def start_batch(ctx: StepContext) -> Next | Done:
             continue
         try:
             check_allowed(target.dns_names, target.ip_addresses, target.allowed_names, target.profile_name)
+            _enforce_policy(ctx, target, policies)
         except SslClmError:
             elsewhere.append(managed_id)  # its own job fails with the reason, on the managed certificate
             continue
@@ -162,6 +184,8 @@ def issue_batch(ctx: StepContext) -> Done:
         ctx.session, ctx.platform, issued, job_id=ctx.job_id, reason=reason, actor=_audit(ctx), now=ctx.now
     )
     _enqueue_deployments(ctx, outcomes)
+    # The new certificates' compliance is known from the start (and their CRLs are watched).
+    certificates_written(ctx.session, [int(o["certificate_id"]) for o in outcomes], now=ctx.now)
     _record_failures(ctx, failed, reason)
     return Done(
         {

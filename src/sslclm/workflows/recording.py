@@ -75,6 +75,7 @@ class Target:
     connection_name: str
     connection_type: str
     connection_updated_at: datetime
+    tags: tuple[str, ...]
 
     @property
     def policy(self) -> RenewalPolicy:
@@ -127,6 +128,7 @@ def _target_select() -> Select[*tuple[Any, ...]]:
             Connection.name,
             Connection.type_key,
             Connection.updated_at,
+            ManagedCertificate.tags,
         )
         .join(Profile, Profile.id == ManagedCertificate.profile_id)
         .join(Connection, Connection.id == Profile.ca_connection_id)
@@ -141,7 +143,7 @@ def _connection(session: Session) -> SAConnection:
 
 def _target(row: Sequence[Any]) -> Target:
     values = list(row)
-    for index in (3, 4, 14):  # JSON lists
+    for index in (3, 4, 14, 26):  # JSON lists
         values[index] = tuple(values[index] or ())
     values[19] = dict(values[19] or {})
     return Target(*values)

@@ -124,7 +124,6 @@ def _csr_pem(key: SigningKey, target: Target) -> str:
 def _enforce_policy(ctx: StepContext, target: Target) -> None:
     """Refuses, with every reason, a request that breaks a blocking policy rule (checked again at each
     renewal: the policy may have changed since the certificate was declared)."""
-    managed = ctx.session.get(ManagedCertificate, target.managed_id)
     enforce_managed(
         ctx.session,
         names=[*target.dns_names, *target.ip_addresses] or [target.common_name],
@@ -134,7 +133,7 @@ def _enforce_policy(ctx: StepContext, target: Target) -> None:
         profile=target.profile_name,
         owner=target.owner,
         team=target.team,
-        tags=managed.tags if managed is not None else (),
+        tags=target.tags,
         now=ctx.now,
     )
 
