@@ -5,6 +5,21 @@ from __future__ import annotations
 from sslclm.spi.base import Connector, ConnectorConfig
 from sslclm.spi.ca import CAGateway
 from sslclm.spi.capabilities import Capability, ConnectorKind
+from sslclm.spi.config_fields import (
+    AbsolutePath,
+    AliasTemplate,
+    AliasTemplateOrEmpty,
+    ApiCaBundle,
+    CaBundle,
+    FileMode,
+    HttpsBaseUrl,
+    HttpsUrl,
+    NonEmptySecret,
+    OptionalAbsolutePath,
+    OptionalHttpsBaseUrl,
+    RateLimitWaitSeconds,
+    SecretFileMode,
+)
 from sslclm.spi.context import (
     ConnectorContext,
     EnvelopeSealer,
@@ -49,9 +64,14 @@ from sslclm.spi.types import (
 )
 
 __all__ = [
+    "AbsolutePath",
     "AddRequest",
     "AddResult",
+    "AliasTemplate",
+    "AliasTemplateOrEmpty",
+    "ApiCaBundle",
     "CAGateway",
+    "CaBundle",
     "Capability",
     "CertificatePurpose",
     "CertificateStore",
@@ -69,7 +89,10 @@ __all__ = [
     "DiscoveryRequest",
     "DiscoverySource",
     "EnvelopeSealer",
+    "FileMode",
     "Finding",
+    "HttpsBaseUrl",
+    "HttpsUrl",
     "InventoryRequest",
     "InventoryResult",
     "IssueRequest",
@@ -79,8 +102,12 @@ __all__ = [
     "ListIssuedRequest",
     "ListIssuedResult",
     "MemoryStateStore",
+    "NonEmptySecret",
     "Notification",
     "Notifier",
+    "OptionalAbsolutePath",
+    "OptionalHttpsBaseUrl",
+    "RateLimitWaitSeconds",
     "ReloadRequest",
     "ReloadResult",
     "RemoveRequest",
@@ -90,6 +117,7 @@ __all__ = [
     "RevocationReason",
     "RevokeRequest",
     "RevokeResult",
+    "SecretFileMode",
     "SecretSealer",
     "SendResult",
     "Severity",

@@ -21,6 +21,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from sslclm.errors import ConflictError, ConnectorError, InvalidInputError, NotFoundError
+from sslclm.spi.config_fields import parse_mode as parse_mode  # re-exported: it used to live here
 from sslclm.spi.store import (
     AddRequest,
     AddResult,
@@ -206,19 +207,6 @@ def remove_file_set(paths: Sequence[Path]) -> bool:
 ALIAS = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _PEM_CERT = re.compile(rb"-----BEGIN CERTIFICATE-----\r?\n.+?-----END CERTIFICATE-----\r?\n?", re.DOTALL)
 _PEM_KEY = re.compile(rb"-----BEGIN (?:[A-Z]+ )?PRIVATE KEY-----")
-
-
-def parse_mode(value: str, *, secret: bool) -> str:
-    """An octal file mode such as ``0640``; a key's mode may never grant anything to others."""
-    try:
-        mode = int(value, 8)
-    except ValueError:
-        raise ValueError(f"'{value}' is not an octal file mode such as 0644") from None
-    if not 0 <= mode <= 0o777:
-        raise ValueError(f"'{value}' is not a file mode between 0000 and 0777")
-    if secret and mode & 0o007:
-        raise ValueError("a private key file may not be readable or writable by others")
-    return value
 
 
 def check_alias(alias: str) -> str:

@@ -5,12 +5,11 @@ from __future__ import annotations
 import base64
 import binascii
 import re
-from pathlib import PurePosixPath
 from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 
-from sslclm.spi import ConnectorConfig
+from sslclm.spi import CaBundle, ConnectorConfig, HttpsUrl, OptionalAbsolutePath, OptionalHttpsBaseUrl
 
 _EMAIL = re.compile(r"^[^@\s,:]+@[^@\s,:]+\.[^@\s,:]+$")
 _DNS_NAME = re.compile(r"^(?:[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9])?\.)*[A-Za-z0-9_-]{1,63}\.?$")
@@ -19,12 +18,6 @@ _HOST_PORT = re.compile(r"^(?:\[(?P<v6>[0-9A-Fa-f:.]+)\]|(?P<host>[^\s:\[\]]+))(
 TsigAlgorithm = Literal[
     "hmac-sha256", "hmac-sha384", "hmac-sha512", "hmac-sha224", "hmac-sha1", "hmac-md5.sig-alg.reg.int"
 ]
-
-
-def _https_url(value: str) -> str:
-    if not value.startswith("https://") or any(c.isspace() for c in value) or len(value) <= len("https://"):
-        raise ValueError("must be an https:// URL without spaces")
-    return value
 
 
 def split_host_port(value: str, default_port: int) -> tuple[str, int]:
@@ -48,18 +41,11 @@ class Http01Config(ConnectorConfig):
             "of every name to it); 'webroot': token files are written under a web server's document root."
         ),
     )
-    webroot: str | None = Field(
+    webroot: OptionalAbsolutePath = Field(
         default=None,
         max_length=4096,
         description="Absolute document root for 'webroot' mode; files go to .well-known/acme-challenge.",
     )
-
-    @field_validator("webroot")
-    @classmethod
-    def _absolute(cls, value: str | None) -> str | None:
-        if value is not None and not PurePosixPath(value).is_absolute():
-            raise ValueError("must be an absolute path")
-        return value
 
     @model_validator(mode="after")
     def _webroot_needed(self) -> Http01Config:
@@ -148,7 +134,7 @@ class Dns01Config(ConnectorConfig):
 
 
 class AcmeConfig(ConnectorConfig):
-    directory_url: str = Field(
+    directory_url: HttpsUrl = Field(
         max_length=2000, description="The ACME server's directory URL, e.g. https://acme.example/directory."
     )
     contact_emails: tuple[str, ...] = Field(
@@ -165,7 +151,7 @@ class AcmeConfig(ConnectorConfig):
         default=None, description="External account binding HMAC key (base64url, as the CA hands it out)."
     )
     eab_hmac_algorithm: Literal["HS256", "HS384", "HS512"] = "HS256"
-    ca_bundle: str | None = Field(
+    ca_bundle: CaBundle = Field(
         default=None,
         max_length=200_000,
         description=(
@@ -176,7 +162,7 @@ class AcmeConfig(ConnectorConfig):
     challenge: Literal["http-01", "dns-01"] = "http-01"
     http01: Http01Config = Field(default_factory=Http01Config)
     dns01: Dns01Config | None = None
-    management_url: str | None = Field(
+    management_url: OptionalHttpsBaseUrl = Field(
         default=None,
         max_length=2000,
         description=(
@@ -192,16 +178,6 @@ class AcmeConfig(ConnectorConfig):
         description="How long one issue() waits for validation and issuance; a retry resumes the order.",
     )
     poll_interval_seconds: float = Field(default=1.0, gt=0, le=300)
-
-    @field_validator("directory_url")
-    @classmethod
-    def _directory_https(cls, value: str) -> str:
-        return _https_url(value)
-
-    @field_validator("management_url")
-    @classmethod
-    def _management_https(cls, value: str | None) -> str | None:
-        return None if value is None else _https_url(value).rstrip("/")
 
     @field_validator("contact_emails")
     @classmethod
@@ -223,17 +199,6 @@ class AcmeConfig(ConnectorConfig):
             raise ValueError("must be base64url") from None
         if not decoded:
             raise ValueError("must not be empty")
-        return value
-
-    @field_validator("ca_bundle")
-    @classmethod
-    def _pem_or_path(cls, value: str | None) -> str | None:
-        if value is None or not value.strip():
-            return None
-        if "-----BEGIN CERTIFICATE-----" in value:
-            return value
-        if not PurePosixPath(value).is_absolute():
-            raise ValueError("must be an absolute path to a PEM file or PEM certificates")
         return value
 
     @model_validator(mode="after")

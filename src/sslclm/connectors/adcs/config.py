@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-from pathlib import PurePosixPath
 from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator
 
-from sslclm.spi import ConnectorConfig
+from sslclm.spi import CaBundle, ConnectorConfig, HttpsBaseUrl
 
 
 class AdcsConfig(ConnectorConfig):
-    url: str = Field(
+    url: HttpsBaseUrl = Field(
         max_length=2000,
         description="The Web Enrollment site of the CA, e.g. https://ca01.corp.example/certsrv.",
     )
@@ -30,7 +29,7 @@ class AdcsConfig(ConnectorConfig):
         default="ntlm",
         description="'ntlm': Windows Integrated authentication (IIS default); 'basic': Basic over HTTPS.",
     )
-    ca_bundle: str | None = Field(
+    ca_bundle: CaBundle = Field(
         default=None,
         max_length=200_000,
         description=(
@@ -46,27 +45,9 @@ class AdcsConfig(ConnectorConfig):
         description="How soon to ask again about a request waiting for a CA manager's approval.",
     )
 
-    @field_validator("url")
-    @classmethod
-    def _https(cls, value: str) -> str:
-        if not value.startswith("https://") or any(c.isspace() for c in value) or len(value) <= 8:
-            raise ValueError("must be an https:// URL without spaces")
-        return value.rstrip("/")
-
     @field_validator("template")
     @classmethod
     def _one_line(cls, value: str) -> str:
         if any(c in value for c in "\r\n:"):
             raise ValueError("must be a template name without line breaks or colons")
         return value.strip()
-
-    @field_validator("ca_bundle")
-    @classmethod
-    def _pem_or_path(cls, value: str | None) -> str | None:
-        if value is None or not value.strip():
-            return None
-        if "-----BEGIN CERTIFICATE-----" in value:
-            return value
-        if not PurePosixPath(value).is_absolute():
-            raise ValueError("must be an absolute path to a PEM file or PEM certificates")
-        return value

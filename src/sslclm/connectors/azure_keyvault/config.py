@@ -3,24 +3,17 @@
 from __future__ import annotations
 
 import re
-from pathlib import PurePosixPath
 from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator
 
-from sslclm.spi import ConnectorConfig
+from sslclm.spi import CaBundle, ConnectorConfig, HttpsBaseUrl
 
 PUBLIC_CLOUD_AUTHORITY = "https://login.microsoftonline.com"
 
 
-def _https_url(value: str) -> str:
-    if not value.startswith("https://") or any(c.isspace() for c in value) or len(value) <= 8:
-        raise ValueError("must be an https:// URL without spaces")
-    return value.rstrip("/")
-
-
 class AzureKeyVaultConfig(ConnectorConfig):
-    vault_url: str = Field(
+    vault_url: HttpsBaseUrl = Field(
         max_length=2000, description="The vault's URL, e.g. https://my-vault.vault.azure.net"
     )
     tenant_id: str = Field(
@@ -35,7 +28,7 @@ class AzureKeyVaultConfig(ConnectorConfig):
     client_secret: SecretStr = Field(
         description="A client secret of the application (its value, not its id)."
     )
-    authority_host: str = Field(
+    authority_host: HttpsBaseUrl = Field(
         default=PUBLIC_CLOUD_AUTHORITY,
         max_length=2000,
         description=(
@@ -60,7 +53,7 @@ class AzureKeyVaultConfig(ConnectorConfig):
     verify_tls: bool = Field(
         default=True, description="Verify the TLS certificates of the vault and the authority host."
     )
-    ca_bundle: str | None = Field(
+    ca_bundle: CaBundle = Field(
         default=None,
         max_length=200_000,
         description="CA certificates to trust instead of the system store: a PEM file path or PEM text.",
@@ -92,22 +85,6 @@ class AzureKeyVaultConfig(ConnectorConfig):
         le=10,
         description="How often the SDK itself retries a throttled (429), failing (5xx) or unreachable call.",
     )
-
-    @field_validator("vault_url", "authority_host")
-    @classmethod
-    def _https(cls, value: str) -> str:
-        return _https_url(value)
-
-    @field_validator("ca_bundle")
-    @classmethod
-    def _pem_or_path(cls, value: str | None) -> str | None:
-        if value is None or not value.strip():
-            return None
-        if "-----BEGIN CERTIFICATE-----" in value:
-            return value
-        if not PurePosixPath(value).is_absolute():
-            raise ValueError("must be an absolute path to a PEM file or PEM certificates")
-        return value
 
     @field_validator("client_id")
     @classmethod

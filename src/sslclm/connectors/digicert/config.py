@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-from pathlib import PurePosixPath
 from typing import Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr
 
-from sslclm.spi import ConnectorConfig
+from sslclm.spi import ApiCaBundle, ConnectorConfig, HttpsBaseUrl, RateLimitWaitSeconds
 
 
 class DigiCertConfig(ConnectorConfig):
-    api_url: str = Field(
+    api_url: HttpsBaseUrl = Field(
         default="https://www.digicert.com/services/v2",
         max_length=2000,
         description=(
@@ -41,39 +40,9 @@ class DigiCertConfig(ConnectorConfig):
         default=True,
         description="Revoke at once instead of filing a revocation request for an administrator.",
     )
-    ca_bundle: str | None = Field(
-        default=None,
-        max_length=200_000,
-        description=(
-            "CA certificates for the API's TLS certificate: a PEM file path or PEM text. "
-            "Empty: the system trust store."
-        ),
-    )
+    ca_bundle: ApiCaBundle = None
     request_timeout_seconds: float = Field(default=30.0, gt=0, le=600)
     poll_interval_seconds: float = Field(
         default=300.0, ge=0.1, le=86400, description="How soon to ask again about an order still pending."
     )
-    max_rate_limit_wait_seconds: float = Field(
-        default=10.0,
-        ge=0,
-        le=300,
-        description="A rate-limited call waits up to this long (per Retry-After) and is tried again once.",
-    )
-
-    @field_validator("api_url")
-    @classmethod
-    def _https(cls, value: str) -> str:
-        if not value.startswith("https://") or any(c.isspace() for c in value) or len(value) <= 8:
-            raise ValueError("must be an https:// URL without spaces")
-        return value.rstrip("/")
-
-    @field_validator("ca_bundle")
-    @classmethod
-    def _pem_or_path(cls, value: str | None) -> str | None:
-        if value is None or not value.strip():
-            return None
-        if "-----BEGIN CERTIFICATE-----" in value:
-            return value
-        if not PurePosixPath(value).is_absolute():
-            raise ValueError("must be an absolute path to a PEM file or PEM certificates")
-        return value
+    max_rate_limit_wait_seconds: RateLimitWaitSeconds = 10.0

@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-from pathlib import PurePosixPath
 from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator
 
-from sslclm.spi import ConnectorConfig
+from sslclm.spi import ApiCaBundle, ConnectorConfig, HttpsBaseUrl, RateLimitWaitSeconds
 
 
 class EntrustConfig(ConnectorConfig):
-    api_url: str = Field(
+    api_url: HttpsBaseUrl = Field(
         default="https://api.entrust.net/enterprise/v2",
         max_length=2000,
         description="Entrust Certificate Services Enterprise API v2 base URL.",
@@ -41,31 +40,12 @@ class EntrustConfig(ConnectorConfig):
     )
     requester_phone: str = Field(default="000-000-0000", min_length=1, max_length=50)
     signing_alg: Literal["SHA-2"] = "SHA-2"
-    ca_bundle: str | None = Field(
-        default=None,
-        max_length=200_000,
-        description=(
-            "CA certificates for the API's TLS certificate: a PEM file path or PEM text. "
-            "Empty: the system trust store."
-        ),
-    )
+    ca_bundle: ApiCaBundle = None
     request_timeout_seconds: float = Field(default=60.0, gt=0, le=600)
     poll_interval_seconds: float = Field(
         default=300.0, ge=0.1, le=86400, description="How soon to ask again about a request still pending."
     )
-    max_rate_limit_wait_seconds: float = Field(
-        default=10.0,
-        ge=0,
-        le=300,
-        description="A rate-limited call waits up to this long (per Retry-After) and is tried again once.",
-    )
-
-    @field_validator("api_url")
-    @classmethod
-    def _https(cls, value: str) -> str:
-        if not value.startswith("https://") or any(c.isspace() for c in value) or len(value) <= 8:
-            raise ValueError("must be an https:// URL without spaces")
-        return value.rstrip("/")
+    max_rate_limit_wait_seconds: RateLimitWaitSeconds = 10.0
 
     @field_validator("client_certificate")
     @classmethod
@@ -80,15 +60,4 @@ class EntrustConfig(ConnectorConfig):
         text = value.get_secret_value()
         if "PRIVATE KEY-----" not in text or "ENCRYPTED" in text:
             raise ValueError("must be an unencrypted PEM private key")
-        return value
-
-    @field_validator("ca_bundle")
-    @classmethod
-    def _pem_or_path(cls, value: str | None) -> str | None:
-        if value is None or not value.strip():
-            return None
-        if "-----BEGIN CERTIFICATE-----" in value:
-            return value
-        if not PurePosixPath(value).is_absolute():
-            raise ValueError("must be an absolute path to a PEM file or PEM certificates")
         return value

@@ -2,26 +2,18 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from pydantic import Field, field_validator, model_validator
 
 from sslclm.spi.base import ConnectorConfig
-from sslclm.spi.files import parse_mode
-
-
-def _absolute(value: str, what: str) -> str:
-    if not Path(value).is_absolute():
-        raise ValueError(f"the {what} must be an absolute path")
-    return value
+from sslclm.spi.config_fields import AbsolutePath, AliasTemplate, OptionalAbsolutePath, SecretFileMode
 
 
 class HaproxyConfig(ConnectorConfig):
-    directory: str = Field(description="Absolute path of the directory the PEM files are written to")
-    crt_file: str = Field(
+    directory: AbsolutePath = Field(description="Absolute path of the directory the PEM files are written to")
+    crt_file: AliasTemplate = Field(
         "{alias}.pem", description="File name template of the combined certificate + chain + key PEM"
     )
-    crt_list: str | None = Field(
+    crt_list: OptionalAbsolutePath = Field(
         None,
         description=(
             "Absolute path of a crt-list file the store keeps in step: one line per alias's PEM "
@@ -30,10 +22,10 @@ class HaproxyConfig(ConnectorConfig):
     )
     owner: str | None = Field(None, description="Owner of the files (name or uid)")
     group: str | None = Field(None, description="Group of the files (name or gid)")
-    mode: str = Field("0600", description="Mode of the PEM files (octal; they hold the key)")
+    mode: SecretFileMode = Field("0600", description="Mode of the PEM files (octal; they hold the key)")
     haproxy: str = Field("haproxy", description="The haproxy binary")
-    config_file: str = Field("/etc/haproxy/haproxy.cfg", description="haproxy -f: the configuration")
-    pid_file: str | None = Field(
+    config_file: AbsolutePath = Field("/etc/haproxy/haproxy.cfg", description="haproxy -f: the configuration")
+    pid_file: OptionalAbsolutePath = Field(
         "/run/haproxy.pid",
         description="Pid file of the master process (master-worker mode); it is sent SIGUSR2 to reload",
     )
@@ -45,33 +37,6 @@ class HaproxyConfig(ConnectorConfig):
         ),
     )
     timeout: float = Field(30.0, gt=0, le=600, description="Seconds a test or reload may take")
-
-    @field_validator("directory")
-    @classmethod
-    def _directory(cls, value: str) -> str:
-        return _absolute(value, "directory")
-
-    @field_validator("config_file")
-    @classmethod
-    def _config_file(cls, value: str) -> str:
-        return _absolute(value, "config file")
-
-    @field_validator("crt_list", "pid_file")
-    @classmethod
-    def _optional_path(cls, value: str | None) -> str | None:
-        return None if value is None else _absolute(value, "crt-list and pid file")
-
-    @field_validator("crt_file")
-    @classmethod
-    def _template(cls, value: str) -> str:
-        if "{alias}" not in value or "/" in value or value.count("{") != 1:
-            raise ValueError("a file name template holds {alias} once and no '/'")
-        return value
-
-    @field_validator("mode")
-    @classmethod
-    def _mode(cls, value: str) -> str:
-        return parse_mode(value, secret=True)
 
     @field_validator("reload_command")
     @classmethod

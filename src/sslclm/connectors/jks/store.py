@@ -12,19 +12,14 @@ import os
 from pathlib import Path
 from typing import ClassVar
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr
 
 from sslclm.errors import ConflictError, ConnectorError, InvalidInputError, NotFoundError
 from sslclm.pki.keystores import JavaKeystore, KeystoreEntry, load_key_material
 from sslclm.spi.base import CHECK, ConnectorConfig
 from sslclm.spi.capabilities import Capability
-from sslclm.spi.files import (
-    FileSpec,
-    parse_mode,
-    resolve_ids,
-    restore_previous,
-    write_file_set,
-)
+from sslclm.spi.config_fields import AbsolutePath, NonEmptySecret, SecretFileMode
+from sslclm.spi.files import FileSpec, resolve_ids, restore_previous, write_file_set
 from sslclm.spi.keystore_files import directory_lock, keystore_error, read_keystore_file
 from sslclm.spi.store import (
     AddRequest,
@@ -45,34 +40,17 @@ _MAX_ALIAS = 255
 
 
 class JksConfig(ConnectorConfig):
-    path: str = Field(description="Absolute path of the keystore file (created on first add if missing)")
-    store_password: SecretStr = Field(description="Keystore password (-storepass)")
+    path: AbsolutePath = Field(
+        description="Absolute path of the keystore file (created on first add if missing)"
+    )
+    store_password: NonEmptySecret = Field(description="Keystore password (-storepass)")
     key_password: SecretStr | None = Field(
         None,
         description="Password of the private key entries written (-keypass); default: the store password",
     )
     owner: str | None = Field(None, description="Owner of the file (name or uid)")
     group: str | None = Field(None, description="Group of the file (name or gid)")
-    mode: str = Field("0600", description="Mode of the file (octal; never readable by others)")
-
-    @field_validator("path")
-    @classmethod
-    def _absolute(cls, value: str) -> str:
-        if not Path(value).is_absolute():
-            raise ValueError("the keystore path must be absolute")
-        return value
-
-    @field_validator("store_password")
-    @classmethod
-    def _password(cls, value: SecretStr) -> SecretStr:
-        if not value.get_secret_value():
-            raise ValueError("the keystore password must not be empty")
-        return value
-
-    @field_validator("mode")
-    @classmethod
-    def _mode(cls, value: str) -> str:
-        return parse_mode(value, secret=True)
+    mode: SecretFileMode = Field("0600", description="Mode of the file (octal; never readable by others)")
 
 
 def _check_alias(alias: str) -> str:

@@ -10,12 +10,13 @@ import subprocess
 from pathlib import Path
 from typing import ClassVar
 
-from pydantic import Field, field_validator
+from pydantic import Field
 
 from sslclm.errors import ConnectorError
 from sslclm.spi.base import CHECK, ConnectorConfig
 from sslclm.spi.capabilities import Capability
-from sslclm.spi.files import PemLayout, parse_mode
+from sslclm.spi.config_fields import AbsolutePath, AliasTemplate, FileMode, SecretFileMode
+from sslclm.spi.files import PemLayout
 from sslclm.spi.store import (
     AddRequest,
     AddResult,
@@ -32,41 +33,21 @@ from sslclm.spi.types import CheckRequest, CheckResult
 
 
 class NginxConfig(ConnectorConfig):
-    directory: str = Field(description="Absolute path of the directory nginx reads certificates from")
-    fullchain_file: str = Field("{alias}.fullchain.pem", description="ssl_certificate file name template")
-    key_file: str = Field("{alias}.key", description="ssl_certificate_key file name template")
+    directory: AbsolutePath = Field(
+        description="Absolute path of the directory nginx reads certificates from"
+    )
+    fullchain_file: AliasTemplate = Field(
+        "{alias}.fullchain.pem", description="ssl_certificate file name template"
+    )
+    key_file: AliasTemplate = Field("{alias}.key", description="ssl_certificate_key file name template")
     owner: str | None = None
     group: str | None = None
-    mode: str = "0644"
-    key_mode: str = "0600"
+    mode: FileMode = "0644"
+    key_mode: SecretFileMode = "0600"
     nginx: str = Field("nginx", description="The nginx binary")
     config_file: str | None = Field(None, description="nginx -c: the main configuration file")
     prefix: str | None = Field(None, description="nginx -p: the prefix path")
     timeout: float = Field(30.0, gt=0, le=600, description="Seconds a test or reload may take")
-
-    @field_validator("directory")
-    @classmethod
-    def _absolute(cls, value: str) -> str:
-        if not Path(value).is_absolute():
-            raise ValueError("the directory must be an absolute path")
-        return value
-
-    @field_validator("fullchain_file", "key_file")
-    @classmethod
-    def _template(cls, value: str) -> str:
-        if "{alias}" not in value or "/" in value or value.count("{") != 1:
-            raise ValueError("a file name template holds {alias} once and no '/'")
-        return value
-
-    @field_validator("mode")
-    @classmethod
-    def _mode(cls, value: str) -> str:
-        return parse_mode(value, secret=False)
-
-    @field_validator("key_mode")
-    @classmethod
-    def _key_mode(cls, value: str) -> str:
-        return parse_mode(value, secret=True)
 
 
 class NginxStore(CertificateStore):

@@ -5,12 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import ClassVar
 
-from pydantic import Field, field_validator
+from pydantic import Field
 
 from sslclm.errors import ConnectorError
 from sslclm.spi.base import CHECK, ConnectorConfig
 from sslclm.spi.capabilities import Capability
-from sslclm.spi.files import PemLayout, parse_mode
+from sslclm.spi.config_fields import AbsolutePath, AliasTemplateOrEmpty, FileMode, SecretFileMode
+from sslclm.spi.files import PemLayout
 from sslclm.spi.store import (
     AddRequest,
     AddResult,
@@ -27,39 +28,25 @@ from sslclm.spi.types import CheckRequest, CheckResult
 
 
 class PemFilesConfig(ConnectorConfig):
-    directory: str = Field(description="Absolute path of the directory the files are written to")
-    certificate_file: str = Field("{alias}.crt", description="File name template; empty to skip")
-    key_file: str = Field("{alias}.key", description="File name template; empty: the key is not written")
-    chain_file: str = Field("{alias}.chain.pem", description="File name template; empty to skip")
-    fullchain_file: str = Field("{alias}.fullchain.pem", description="File name template; empty to skip")
+    directory: AbsolutePath = Field(description="Absolute path of the directory the files are written to")
+    certificate_file: AliasTemplateOrEmpty = Field(
+        "{alias}.crt", description="File name template; empty to skip"
+    )
+    key_file: AliasTemplateOrEmpty = Field(
+        "{alias}.key", description="File name template; empty: the key is not written"
+    )
+    chain_file: AliasTemplateOrEmpty = Field(
+        "{alias}.chain.pem", description="File name template; empty to skip"
+    )
+    fullchain_file: AliasTemplateOrEmpty = Field(
+        "{alias}.fullchain.pem", description="File name template; empty to skip"
+    )
     owner: str | None = Field(None, description="Owner of the files (name or uid)")
     group: str | None = Field(None, description="Group of the files (name or gid)")
-    mode: str = Field("0644", description="Mode of certificate files (octal)")
-    key_mode: str = Field("0600", description="Mode of the key file (octal; never readable by others)")
-
-    @field_validator("directory")
-    @classmethod
-    def _absolute(cls, value: str) -> str:
-        if not Path(value).is_absolute():
-            raise ValueError("the directory must be an absolute path")
-        return value
-
-    @field_validator("certificate_file", "key_file", "chain_file", "fullchain_file")
-    @classmethod
-    def _template(cls, value: str) -> str:
-        if value and ("{alias}" not in value or "/" in value or value.count("{") != 1):
-            raise ValueError("a file name template holds {alias} once and no '/'")
-        return value
-
-    @field_validator("mode")
-    @classmethod
-    def _mode(cls, value: str) -> str:
-        return parse_mode(value, secret=False)
-
-    @field_validator("key_mode")
-    @classmethod
-    def _key_mode(cls, value: str) -> str:
-        return parse_mode(value, secret=True)
+    mode: FileMode = Field("0644", description="Mode of certificate files (octal)")
+    key_mode: SecretFileMode = Field(
+        "0600", description="Mode of the key file (octal; never readable by others)"
+    )
 
     def layout(self, **extra: str) -> PemLayout:
         return PemLayout(

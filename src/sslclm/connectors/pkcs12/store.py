@@ -14,17 +14,17 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import ClassVar
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field
 
 from sslclm.errors import ConflictError, ConnectorError, InvalidInputError, NotFoundError
 from sslclm.pki.keystores import KeystoreEntry, build_pkcs12, load_key_material, read_pkcs12
 from sslclm.spi.base import CHECK, ConnectorConfig
 from sslclm.spi.capabilities import Capability
+from sslclm.spi.config_fields import AbsolutePath, AliasTemplate, NonEmptySecret, SecretFileMode
 from sslclm.spi.files import (
     ALIAS,
     FileSpec,
     check_alias,
-    parse_mode,
     remove_file_set,
     resolve_ids,
     restore_previous,
@@ -50,9 +50,11 @@ _CHECK_SAMPLE = 20
 
 
 class Pkcs12Config(ConnectorConfig):
-    directory: str = Field(description="Absolute path of the directory the PKCS#12 files are written to")
-    file_name: str = Field("{alias}.p12", description="File name template holding {alias} once")
-    password: SecretStr = Field(description="Password of every PKCS#12 file of this store")
+    directory: AbsolutePath = Field(
+        description="Absolute path of the directory the PKCS#12 files are written to"
+    )
+    file_name: AliasTemplate = Field("{alias}.p12", description="File name template holding {alias} once")
+    password: NonEmptySecret = Field(description="Password of every PKCS#12 file of this store")
     legacy_encryption: bool = Field(
         False,
         description="3DES and a SHA-1 MAC for readers older than Java 8u301 / openssl 1.1 "
@@ -60,33 +62,7 @@ class Pkcs12Config(ConnectorConfig):
     )
     owner: str | None = Field(None, description="Owner of the files (name or uid)")
     group: str | None = Field(None, description="Group of the files (name or gid)")
-    mode: str = Field("0600", description="Mode of the files (octal; never readable by others)")
-
-    @field_validator("directory")
-    @classmethod
-    def _absolute(cls, value: str) -> str:
-        if not Path(value).is_absolute():
-            raise ValueError("the directory must be an absolute path")
-        return value
-
-    @field_validator("file_name")
-    @classmethod
-    def _template(cls, value: str) -> str:
-        if value.count("{alias}") != 1 or "/" in value or value.count("{") != 1:
-            raise ValueError("the file name template holds {alias} once and no '/'")
-        return value
-
-    @field_validator("password")
-    @classmethod
-    def _password(cls, value: SecretStr) -> SecretStr:
-        if not value.get_secret_value():
-            raise ValueError("the keystore password must not be empty")
-        return value
-
-    @field_validator("mode")
-    @classmethod
-    def _mode(cls, value: str) -> str:
-        return parse_mode(value, secret=True)
+    mode: SecretFileMode = Field("0600", description="Mode of the files (octal; never readable by others)")
 
 
 class Pkcs12Store(CertificateStore):

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-from pathlib import PurePosixPath
+from pydantic import Field, SecretStr, model_validator
 
-from pydantic import Field, SecretStr, field_validator, model_validator
-
-from sslclm.spi import ConnectorConfig
+from sslclm.spi import ApiCaBundle, ConnectorConfig, HttpsBaseUrl, RateLimitWaitSeconds
 
 
 class SectigoConfig(ConnectorConfig):
-    api_url: str = Field(
+    api_url: HttpsBaseUrl = Field(
         default="https://cert-manager.com/api",
         max_length=2000,
         description="Sectigo Certificate Manager REST API base URL (ending in /api).",
@@ -43,14 +41,7 @@ class SectigoConfig(ConnectorConfig):
     external_requester: str | None = Field(
         default=None, max_length=200, description="E-mail address(es) SCM sends notifications to."
     )
-    ca_bundle: str | None = Field(
-        default=None,
-        max_length=200_000,
-        description=(
-            "CA certificates for the API's TLS certificate: a PEM file path or PEM text. "
-            "Empty: the system trust store."
-        ),
-    )
+    ca_bundle: ApiCaBundle = None
     request_timeout_seconds: float = Field(default=60.0, gt=0, le=600)
     poll_interval_seconds: float = Field(
         default=300.0,
@@ -58,30 +49,7 @@ class SectigoConfig(ConnectorConfig):
         le=86400,
         description="How soon to ask again about a certificate still pending.",
     )
-    max_rate_limit_wait_seconds: float = Field(
-        default=10.0,
-        ge=0,
-        le=300,
-        description="A rate-limited call waits up to this long (per Retry-After) and is tried again once.",
-    )
-
-    @field_validator("api_url")
-    @classmethod
-    def _https(cls, value: str) -> str:
-        if not value.startswith("https://") or any(c.isspace() for c in value) or len(value) <= 8:
-            raise ValueError("must be an https:// URL without spaces")
-        return value.rstrip("/")
-
-    @field_validator("ca_bundle")
-    @classmethod
-    def _pem_or_path(cls, value: str | None) -> str | None:
-        if value is None or not value.strip():
-            return None
-        if "-----BEGIN CERTIFICATE-----" in value:
-            return value
-        if not PurePosixPath(value).is_absolute():
-            raise ValueError("must be an absolute path to a PEM file or PEM certificates")
-        return value
+    max_rate_limit_wait_seconds: RateLimitWaitSeconds = 10.0
 
     @model_validator(mode="after")
     def _one_type(self) -> SectigoConfig:

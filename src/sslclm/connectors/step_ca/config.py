@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import re
-from pathlib import PurePosixPath
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 
-from sslclm.spi import ConnectorConfig
+from sslclm.spi import CaBundle, ConnectorConfig
+from sslclm.spi.config_fields import https_base_url
 
 from .tokens import check_private_jwk
 
@@ -18,7 +18,7 @@ class StepCaConfig(ConnectorConfig):
     ca_url: str = Field(
         max_length=2000, description="The step-ca's base URL, e.g. https://ca.internal:9000 (no /1.0)."
     )
-    root_pem: str | None = Field(
+    root_pem: CaBundle = Field(
         default=None,
         max_length=200_000,
         description=(
@@ -74,22 +74,9 @@ class StepCaConfig(ConnectorConfig):
     @field_validator("ca_url")
     @classmethod
     def _https(cls, value: str) -> str:
-        value = value.strip()
-        if not value.startswith("https://") or any(c.isspace() for c in value) or len(value) <= 8:
-            raise ValueError("must be an https:// URL without spaces")
+        value = https_base_url(value.strip())
         if "?" in value or "#" in value:
             raise ValueError("must not carry a query or fragment")
-        return value.rstrip("/")
-
-    @field_validator("root_pem")
-    @classmethod
-    def _pem_or_path(cls, value: str | None) -> str | None:
-        if value is None or not value.strip():
-            return None
-        if "-----BEGIN CERTIFICATE-----" in value:
-            return value
-        if not PurePosixPath(value).is_absolute():
-            raise ValueError("must be an absolute path to a PEM file or PEM certificates")
         return value
 
     @field_validator("root_fingerprint")
