@@ -23,10 +23,13 @@ from sqlalchemy.orm import Session
 from sslclm.audit.service import AuditContext, PlannedEvent, record, record_many
 from sslclm.core.platform import Platform
 from sslclm.errors import InvalidInputError, NotFoundError
+from sslclm.inventory.bulk import insert_certificates, stored_datetime
 from sslclm.inventory.models import Certificate, Issuer, PrivateKey, Sighting
 from sslclm.inventory.writer import (
+    ROW_ISSUER,
     InventoryWriter,
     ParsedFile,
+    certificate_row,
     certificate_values,
     issuer_hash,
     private_key_aad,
@@ -477,39 +480,34 @@ def record_batch(
     _ensure_chain(session, platform, first.target, list(first.chain_pem), now)
     connection, sql = _sql(session)
     issuer_ids: dict[str, int] = {}
+    stamp = stored_datetime(now)
     rows = []
     for item, info in zip(issued, infos, strict=True):
         if info.issuer not in issuer_ids:
             issuer_ids[info.issuer] = _issuer_id(session, info)
-        row = certificate_values(info, issuer_ids[info.issuer], item.target.source, now)
-        row.update(has_private_key=True, owner=item.target.owner, team=item.target.team)
-        rows.append(row)
-    inserted = {
-        str(fingerprint): int(certificate_id)
-        for certificate_id, fingerprint in connection.execute(
-            _statements_batch(connection.dialect.name).insert_certificates, rows
+        row = certificate_row(info)
+        rows.append(
+            (
+                *row[:ROW_ISSUER],
+                issuer_ids[info.issuer],
+                *row[ROW_ISSUER + 1 :],
+                item.target.source,
+                True,
+                stamp,
+                stamp,
+            )
         )
-    }
-    ids: list[int] = []
-    for item, info in zip(issued, infos, strict=True):
-        certificate_id = inserted.get(info.fingerprint_sha256)
-        if certificate_id is None:
-            # Already in the inventory (discovered before it was recorded): claim it, as one by one.
-            certificate_id = int(
-                connection.execute(
-                    sql.certificate_by_fingerprint, {"fingerprint": info.fingerprint_sha256}
-                ).scalar_one()
-            )
-            connection.execute(
-                sql.claim_certificate,
-                {
-                    "b_id": certificate_id,
-                    "b_owner": item.target.owner,
-                    "b_team": item.target.team,
-                    "b_now": now,
-                },
-            )
-        ids.append(certificate_id)
+    # Through the driver (COPY on PostgreSQL): one statement for the batch, whatever its size.
+    by_fingerprint = insert_certificates(session, rows)
+    ids = [by_fingerprint[info.fingerprint_sha256] for info in infos]
+    # Owner and team, and the key held, also on a certificate discovered before it was recorded.
+    connection.execute(
+        sql.claim_certificate,
+        [
+            {"b_id": certificate_id, "b_owner": item.target.owner, "b_team": item.target.team, "b_now": now}
+            for item, certificate_id in zip(issued, ids, strict=True)
+        ],
+    )
     connection.execute(
         sql.upsert_sighting,
         [
@@ -598,17 +596,3 @@ def record_batch(
     for outcome in outcomes:
         outcome["renew_at"] = outcome["renew_at"].isoformat()
     return outcomes
-
-
-@dataclass(frozen=True)
-class _BatchStatements:
-    insert_certificates: Any
-
-
-@cache
-def _statements_batch(dialect: str) -> _BatchStatements:
-    return _BatchStatements(
-        insert_certificates=_upsert(dialect, Certificate.__table__)
-        .on_conflict_do_nothing(index_elements=["fingerprint_sha256"])
-        .returning(Certificate.id, Certificate.fingerprint_sha256),
-    )
