@@ -256,6 +256,30 @@ def test_scan_a_loopback_endpoint(admin: Page, tmp_path: Path) -> None:
     expect(admin.locator("main")).to_contain_text("certificates new: 1")
 
 
+def test_agent_registration_token_is_shown_once_then_revoked(admin: Page) -> None:
+    admin.goto("/ui/")
+    expect(admin.locator(".tiles")).to_contain_text("agents online")
+    admin.get_by_role("link", name="Agents", exact=True).click()
+    expect(admin.get_by_role("heading", name="Agents", exact=True)).to_be_visible()
+    expect(admin.locator("main")).to_contain_text("No agents registered.")
+    admin.get_by_label("Description").fill("edge hosts")
+    admin.get_by_label("Labels the agent may carry (comma-separated)").fill("edge, web")
+    admin.get_by_role("button", name="Create token").click()
+    secret = admin.locator("code.secret")
+    expect(secret).to_have_text(re.compile(r"^sslclm_agent_"))
+    row = admin.locator("tr", has_text="edge hosts")
+    expect(row).to_contain_text("edge, web")
+    expect(row.locator(".status")).to_have_text("active")
+
+    # The secret is on the creating response only: reloading the list does not show it again.
+    admin.goto("/ui/agents")
+    expect(admin.locator("code.secret")).to_have_count(0)
+    admin.locator("tr", has_text="edge hosts").get_by_role("button", name="Revoke").click()
+    expect(admin.get_by_role("status")).to_have_text("Revoked.")
+    assert any("Revoke this registration token?" in message for message in admin.alerts)  # type: ignore[attr-defined]
+    expect(admin.locator("tr", has_text="edge hosts")).to_have_count(0)
+
+
 def test_a_viewer_sees_no_action_buttons(admin: Page, browser: Browser, base_url: str) -> None:
     admin.get_by_role("link", name="Users").click()
     admin.get_by_label("Username", exact=True).fill("watcher")
@@ -277,6 +301,9 @@ def test_a_viewer_sees_no_action_buttons(admin: Page, browser: Browser, base_url
             "/ui/jobs",
             "/ui/scans",
             "/ui/connectors",
+            "/ui/agents",
+            "/ui/notifications",
+            "/ui/scan-schedules",
         ):
             viewer.goto(path)
             expect(viewer.locator("main")).to_be_visible()

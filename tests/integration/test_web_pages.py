@@ -102,6 +102,14 @@ PAGES = [
     "/ui/audit?verify=1",
     "/ui/users",
     "/ui/tokens",
+    "/ui/agents",
+    "/ui/notifications",
+    "/ui/notifications/channels/new/email",
+    "/ui/notifications/log",
+    "/ui/notifications/events",
+    "/ui/scan-schedules",
+    "/ui/profiles",
+    "/ui/policies/new",
 ]
 
 

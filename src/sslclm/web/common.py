@@ -43,6 +43,8 @@ NOTICES = {
     "renew-some": "Renewal requested for the managed certificates among the selection.",
     "revoke": "Revocation requested; follow its job below.",
     "enrolled": "Enrollment requested; follow its job below.",
+    "deploy": "Deployment requested; follow its job below.",
+    "undeploy": "Removal from the store requested; follow its job below.",
     "imported": "Certificates imported.",
     "retried": "Job queued again.",
     "cancelled": "Cancellation requested.",

@@ -4,7 +4,8 @@ With a million certificates a ``count(*)`` per status reads the whole table; ins
 - the live total comes from ``issuer_certificate_counts`` (kept exact by triggers);
 - expiry buckets are range counts on the (issuer, archived, expiry) index, one seek per issuer;
 - revoked and superseded certificates are counted among the platform's issuances (small table);
-- violations by severity come from the evaluator's ``policy_violation_counts``.
+- violations by severity come from the evaluator's ``policy_violation_counts``;
+- agents by status are grouped in the database (one row per host, far fewer than certificates).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any
 from sqlalchemy import case, func, select
 from sqlalchemy.orm import Session
 
+from sslclm.agents.models import Agent
 from sslclm.inventory.models import Certificate, IssuerCertificateCount
 from sslclm.jobs.models import Job, JobStatus
 from sslclm.policies.models import CertificateRisk, PolicyViolationCount
@@ -41,6 +43,7 @@ class Dashboard:
     recent_jobs: list[Job] = field(default_factory=list)
     recent_failures: list[Job] = field(default_factory=list)
     job_counts: dict[str, int] = field(default_factory=dict)
+    agent_counts: dict[str, int] = field(default_factory=dict)
 
 
 def _expiry_counts(session: Session, now: datetime) -> tuple[int, dict[int, int]]:
@@ -143,6 +146,10 @@ def load_dashboard(session: Session, *, now: datetime) -> Dashboard:
             .group_by(Job.status)
         )
     }
+    agents = {
+        status: int(count)
+        for status, count in session.execute(select(Agent.status, func.count()).group_by(Agent.status))
+    }
     return Dashboard(
         live=live,
         expired=expired,
@@ -157,4 +164,5 @@ def load_dashboard(session: Session, *, now: datetime) -> Dashboard:
         recent_jobs=recent,
         recent_failures=failures,
         job_counts=active,
+        agent_counts=agents,
     )

@@ -16,6 +16,7 @@ from starlette.responses import Response
 from sslclm.api.deps import PlatformDep, SessionDep
 from sslclm.audit.models import AuditEvent
 from sslclm.auth.permissions import Permission
+from sslclm.deployments import service as deployments
 from sslclm.discovery.service import certificate_endpoints
 from sslclm.errors import InvalidInputError, SslClmError
 from sslclm.inventory import service
@@ -23,6 +24,7 @@ from sslclm.inventory.importer import import_bytes
 from sslclm.inventory.key_export import KeyExportFormat, export_with_key
 from sslclm.inventory.sightings import SightingFilter, list_sightings
 from sslclm.policies.service import ViolationFilter, list_violations
+from sslclm.spi.capabilities import ConnectorKind
 from sslclm.spi.types import RevocationReason
 from sslclm.web.common import (
     SECURITY_HEADERS,
@@ -33,6 +35,7 @@ from sslclm.web.common import (
     redirect,
     render,
 )
+from sslclm.workflows import connections
 from sslclm.workflows import managed as managed_service
 from sslclm.workflows.models import Issuance, ManagedCertificate
 
@@ -89,6 +92,17 @@ def certificate_context(session: Session, platform: Any, ref: str) -> dict[str, 
         "issued_here": issued_here,
         "reasons": [r.value for r in RevocationReason],
         "key_formats": [f.value for f in KeyExportFormat],
+        "bindings": (
+            [
+                deployments.describe_binding(b, name)
+                for b, name in deployments.list_bindings(session, managed_id=managed.id)
+            ]
+            if managed
+            else []
+        ),
+        "stores": [row.name for row in connections.list_connections(session, ConnectorKind.CERT_STORE)]
+        if managed
+        else [],
     }
 
 
