@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import fnmatch
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field, fields
 from datetime import UTC, date, datetime, timedelta
 from enum import StrEnum
 from typing import Any
@@ -70,6 +70,27 @@ class PolicyInput:
     @property
     def dns_names(self) -> tuple[str, ...]:
         return tuple(s[4:].lower() for s in self.sans if s.startswith("DNS:"))
+
+
+_INPUT_DEFAULTS = {f.name: f.default for f in fields(PolicyInput) if f.default is not MISSING}
+_INPUT_SETTERS = tuple((f.name, getattr(PolicyInput, f.name).__set__) for f in fields(PolicyInput))
+
+
+def fast_input(**values: Any) -> PolicyInput:
+    """``PolicyInput(**values)`` at a fraction of the cost, for building a million of them.
+
+    The frozen dataclass's ``__init__`` sets each field through ``object.__setattr__``, which
+    costs more than reading the row; the slots' own setters do the same work directly.
+    """
+    values = _INPUT_DEFAULTS | values
+    if len(values) != len(_INPUT_SETTERS):
+        names = {name for name, _ in _INPUT_SETTERS}
+        unknown, missing = sorted(set(values) - names), sorted(names - set(values))
+        raise TypeError(f"PolicyInput: unknown fields {unknown}, missing fields {missing}")
+    item = object.__new__(PolicyInput)
+    for name, setter in _INPUT_SETTERS:
+        setter(item, values[name])
+    return item
 
 
 @dataclass(frozen=True, slots=True)

@@ -5,23 +5,30 @@ plain indexed query. They are kept current three ways: :func:`evaluate_certifica
 certificates an import, a metadata change, a sighting or a scan touched (callers pass the ids);
 :func:`reevaluate_all` after a policy set changes; and the periodic ``policies.reevaluate`` task,
 which walks the inventory in id order, a batch per step, for the checks that depend on time.
+
+Inputs are read and new violations and scores written through the database driver
+(:mod:`sslclm.policies.driver`, :mod:`sslclm.policies.inputs`): a full pass over a million
+certificates spent most of its time in SQLAlchemy's per-row work, not in the checks.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
-from sqlalchemy import case, delete, func, select, update
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from sslclm.discovery.models import Endpoint
-from sslclm.inventory.models import Certificate, CertificateTag, Issuer
+from sslclm.inventory.models import Certificate
 from sslclm.policies.checks import CHECKS, SEVERITY_RANK, Params, PolicyInput, Severity, Violation
 from sslclm.policies.document import BASELINE, PolicyDocument
+from sslclm.policies.driver import IN_CHUNK, Driver, IdRange, Ids, stored_timestamp
+from sslclm.policies.inputs import INPUT_COLUMNS as INPUT_COLUMNS
+from sslclm.policies.inputs import build_inputs, fetch_after, fetch_ids, input_select, shared_keys
+from sslclm.policies.inputs import load_inputs as load_inputs
 from sslclm.policies.models import (
     CertificateRisk,
     PolicyExemption,
@@ -29,10 +36,8 @@ from sslclm.policies.models import (
     PolicyViolation,
     PolicyViolationCount,
 )
-from sslclm.policies.risk import risk_score
-from sslclm.workflows.models import Issuance, ManagedCertificate, Profile
+from sslclm.policies.risk import SEVERITY_POINTS, combined_score
 
-IN_CHUNK = 900
 BATCH = 2000
 
 
@@ -126,163 +131,6 @@ def _chunks(ids: Sequence[int]) -> Iterable[Sequence[int]]:
         yield ids[start : start + IN_CHUNK]
 
 
-INPUT_COLUMNS = (
-    Certificate.id,
-    Certificate.not_before,
-    Certificate.not_after,
-    Certificate.key_algorithm,
-    Certificate.key_size,
-    Certificate.key_curve,
-    Certificate.signature_algorithm,
-    Certificate.sans,
-    Certificate.common_name,
-    Certificate.extended_key_usage,
-    Issuer.dn,
-    Certificate.self_signed,
-    Certificate.is_ca,
-    Certificate.revoked_at,
-    Certificate.public_key_sha256,
-    Certificate.owner,
-    Certificate.team,
-    Certificate.environment,
-)
-
-
-def load_inputs(session: Session, rows: Sequence[Any]) -> list[PolicyInput]:
-    """Policy inputs for certificate rows (``INPUT_COLUMNS``, in that order), with tags, profile,
-    endpoints and key reuse."""
-    ids = [row[0] for row in rows]
-    tags: dict[int, set[str]] = {}
-    profiles: dict[int, str] = {}
-    served: dict[int, tuple[int, str | None, int, int]] = {}
-    untrusted = case((Endpoint.trusted.is_(False), 1), else_=0)
-    mismatch = case((Endpoint.hostname_match.is_(False), 1), else_=0)
-    for chunk in _chunks(ids):
-        for cid, tag in session.execute(
-            select(CertificateTag.certificate_id, CertificateTag.tag).where(
-                CertificateTag.certificate_id.in_(chunk)
-            )
-        ):
-            tags.setdefault(cid, set()).add(tag)
-        for cid, name in session.execute(
-            select(Issuance.certificate_id, Profile.name)
-            .join(ManagedCertificate, ManagedCertificate.id == Issuance.managed_certificate_id)
-            .join(Profile, Profile.id == ManagedCertificate.profile_id)
-            .where(Issuance.certificate_id.in_(chunk))
-        ):
-            profiles[cid] = name
-        for cid, count, lowest, bad_trust, bad_name in session.execute(
-            select(
-                Endpoint.certificate_id,
-                func.count(),
-                func.min(Endpoint.tls_version),
-                func.sum(untrusted),
-                func.sum(mismatch),
-            )
-            .where(Endpoint.certificate_id.in_(chunk), Endpoint.last_status == "ok")
-            .group_by(Endpoint.certificate_id)
-        ):
-            served[cid] = (count, lowest, int(bad_trust or 0), int(bad_name or 0))
-    keys = key_counts(session, {row[14] for row in rows})
-    inputs = []
-    no_tags: frozenset[str] = frozenset()
-    # Rows unpacked by position: attribute access by name costs more than the checks themselves.
-    for (
-        cid,
-        not_before,
-        not_after,
-        key_algorithm,
-        key_size,
-        key_curve,
-        signature_algorithm,
-        sans,
-        common_name,
-        eku,
-        issuer,
-        self_signed,
-        is_ca,
-        revoked_at,
-        public_key,
-        owner,
-        team,
-        environment,
-    ) in rows:
-        endpoints, lowest, bad_trust, bad_name = served.get(cid, (0, None, 0, 0))
-        cert_tags = tags.get(cid)
-        inputs.append(
-            PolicyInput(
-                certificate_id=cid,
-                not_before=not_before,  # UTCDateTime returns aware UTC
-                not_after=not_after,
-                key_algorithm=key_algorithm,
-                key_size=key_size,
-                key_curve=key_curve,
-                signature_algorithm=signature_algorithm,
-                sans=tuple(sans or ()),
-                common_name=common_name,
-                extended_key_usage=tuple(eku or ()),
-                issuer=issuer,
-                self_signed=self_signed,
-                is_ca=is_ca,
-                revoked=revoked_at is not None,
-                public_key_sha256=public_key,
-                owner=owner,
-                team=team,
-                environment=environment,
-                profile=profiles.get(cid),
-                tags=frozenset(cert_tags) if cert_tags else no_tags,
-                key_shared_with=max(keys.get(public_key, 1) - 1, 0),
-                endpoints=endpoints,
-                min_tls_version=lowest,
-                untrusted_endpoints=bad_trust,
-                hostname_mismatches=bad_name,
-            )
-        )
-    return inputs
-
-
-def _stored(value: datetime) -> str:
-    """A datetime as ``UTCDateTime`` columns hold it (naive UTC text), for the driver directly."""
-    return f"{value.astimezone(UTC):%Y-%m-%d %H:%M:%S.%f}"
-
-
-def _bulk_insert(
-    session: Session, table: str, columns: Sequence[str], rows: Sequence[tuple[Any, ...]]
-) -> None:
-    """Inserts through the driver's executemany: SQLAlchemy's per-row parameter processing costs
-    more than the evaluation itself on a first pass that writes a million violations."""
-    if not rows:
-        return
-    mark = "?" if session.get_bind().dialect.name == "sqlite" else "%s"
-    names = ", ".join(f'"{c}"' for c in columns)
-    # Table and column names are this module's constants; the values go as parameters.
-    sql = f"INSERT INTO {table} ({names}) VALUES ({', '.join(mark for _ in columns)})"  # noqa: S608
-    cursor = session.connection().connection.dbapi_connection.cursor()  # type: ignore[union-attr]
-    try:
-        cursor.executemany(sql, rows)
-    finally:
-        cursor.close()
-
-
-def key_counts(session: Session, public_keys: Iterable[str]) -> dict[str, int]:
-    """How many certificates carry each of these public keys (keys held by one only are left out).
-
-    A grouped count over the public-key index: cheap for the usual unique keys; a key shared by
-    thousands of certificates costs one index range scan per batch that contains it.
-    """
-    wanted = sorted(set(public_keys))
-    found: dict[str, int] = {}
-    for start in range(0, len(wanted), IN_CHUNK):
-        for pub, count in session.execute(
-            select(Certificate.public_key_sha256, func.count())
-            .where(Certificate.public_key_sha256.in_(wanted[start : start + IN_CHUNK]))
-            .group_by(Certificate.public_key_sha256)
-            .having(func.count() > 1)
-        ):
-            found[pub] = count
-    return found
-
-
 @dataclass(slots=True)
 class EvaluationStats:
     certificates: int = 0
@@ -323,7 +171,9 @@ VIOLATION_INSERT = (
     "first_seen",
     "updated_at",
 )
-SEVERITY_VALUE = {s: s.value for s in Severity}  # plain str for the driver
+# Per severity: its plain str value for the driver, its rank and its risk points.
+SEVERITY_FACTS = {s: (str(s.value), SEVERITY_RANK[s], SEVERITY_POINTS[s]) for s in Severity}
+CRITICAL_RANK = SEVERITY_RANK[Severity.CRITICAL]
 RISK_INSERT = ("certificate_id", "score", "violations", "max_severity_rank", "evaluated_at")
 
 
@@ -396,35 +246,80 @@ def rebuild_counts(session: Session) -> None:
         session.execute(_insert(session, PolicyViolationCount.__table__), rows)
 
 
+Tally = dict[tuple[str, str, str, bool], int]  # (policy, check, severity, exempted) -> violations
+
+
+def _recount_after_pass(session: Session, seen: Tally) -> None:
+    """``rebuild_counts`` for a full pass, without grouping every stored violation again.
+
+    After the pass, the live certificates hold exactly the violations it found (``seen``); the only
+    others are those of archived certificates, counted here through the certificate index.
+    """
+    session.execute(delete(PolicyViolationCount))
+    totals: dict[tuple[str, str, str], list[int]] = {}
+    for (policy, check, severity, exempted), number in seen.items():
+        totals.setdefault((policy, check, severity), [0, 0])[1 if exempted else 0] += number
+    archived = select(Certificate.id).where(Certificate.archived_at.is_not(None))
+    for policy, check, severity, number, exempted_number in session.execute(
+        select(
+            PolicyViolation.policy,
+            PolicyViolation.check,
+            PolicyViolation.severity,
+            func.count(),
+            func.count(PolicyViolation.exemption_id),
+        )
+        .where(PolicyViolation.certificate_id.in_(archived))
+        .group_by(PolicyViolation.policy, PolicyViolation.check, PolicyViolation.severity)
+    ):
+        entry = totals.setdefault((policy, check, severity), [0, 0])
+        entry[0] += number - exempted_number
+        entry[1] += exempted_number
+    rows = [
+        {"policy": p, "check": c, "severity": s, "violations": v, "exempted": e}
+        for (p, c, s), (v, e) in totals.items()
+        if v or e
+    ]
+    if rows:
+        session.execute(_insert(session, PolicyViolationCount.__table__), rows)
+
+
+_VIOLATIONS_SQL = (
+    'SELECT id, certificate_id, policy, "check", severity, reason, exemption_id FROM policy_violations WHERE '
+)
+_RISKS_SQL = "SELECT certificate_id, score FROM certificate_risk WHERE "
+# The rank is filtered here rather than in SQL: given "severity_rank = 4", SQLite walks the
+# (severity_rank, id) index over every critical violation stored so far instead of probing these
+# certificates' few rows, which made a full pass quadratic.
+_CRITICAL_SQL = 'SELECT id, certificate_id, policy, "check", severity_rank FROM policy_violations WHERE '
+
+
 def _store(
+    driver: Driver,
     session: Session,
     inputs: Sequence[PolicyInput],
     found: dict[Key, tuple[Violation, int | None]],
     now: datetime,
+    ids: Ids,
+    seen: Tally | None = None,
 ) -> EvaluationStats:
+    """Writes what changed for these inputs; ``ids`` selects their certificates (and maybe others).
+
+    ``seen``, when given, gains every violation found, by policy, check, severity and exemption.
+    """
     stats = EvaluationStats(certificates=len(inputs), violations=len(found))
-    ids = [item.certificate_id for item in inputs if item.certificate_id is not None]
+    evaluated = {item.certificate_id for item in inputs}
     existing: dict[Key, tuple[int, str, str, int | None]] = {}
     risks: dict[int, int] = {}
-    for chunk in _chunks(ids):
-        for vid, cid, policy, check, severity, reason, exemption in session.execute(
-            select(
-                PolicyViolation.id,
-                PolicyViolation.certificate_id,
-                PolicyViolation.policy,
-                PolicyViolation.check,
-                PolicyViolation.severity,
-                PolicyViolation.reason,
-                PolicyViolation.exemption_id,
-            ).where(PolicyViolation.certificate_id.in_(chunk))
+    # On a first pass these find nothing, and cost one index probe per batch of an id range.
+    for condition, params in driver.filters("certificate_id", ids):
+        for vid, cid, policy, check, severity, reason, exemption in driver.fetch(
+            _VIOLATIONS_SQL + condition, params
         ):
-            existing[(cid, policy, check)] = (vid, severity, reason, exemption)
-        for cid, score in session.execute(
-            select(CertificateRisk.certificate_id, CertificateRisk.score).where(
-                CertificateRisk.certificate_id.in_(chunk)
-            )
-        ):
-            risks[cid] = score
+            if cid in evaluated:
+                existing[(cid, policy, check)] = (vid, severity, reason, exemption)
+        for cid, score in driver.fetch(_RISKS_SQL + condition, params):
+            if cid in evaluated:
+                risks[cid] = score
     counts = _CountDeltas()
     gone = []
     for key, (vid, severity, _, exemption) in existing.items():
@@ -434,26 +329,42 @@ def _store(
     for start in range(0, len(gone), IN_CHUNK):
         session.execute(delete(PolicyViolation).where(PolicyViolation.id.in_(gone[start : start + IN_CHUNK])))
     stats.removed = len(gone)
-    stamp = _stored(now)
+    stamp = stored_timestamp(now)
     new_rows: list[tuple[Any, ...]] = []
     changed: list[dict[str, Any]] = []
     critical: set[Key] = set()
+    # Per certificate, over its non-exempt violations: risk points, how many, the worst rank.
+    tally: dict[int, list[int]] = {}
+    added: dict[tuple[str, str, str, int | None], int] = {}
     for key, (violation, exemption) in found.items():
-        old = existing.get(key)
-        severity = SEVERITY_VALUE[violation.severity]
+        severity, rank, points = SEVERITY_FACTS[violation.severity]
+        cid = key[0]
+        if exemption is None:
+            entry = tally.get(cid)
+            if entry is None:
+                tally[cid] = [points, 1, rank]
+            else:
+                entry[0] += points
+                entry[1] += 1
+                if rank > entry[2]:
+                    entry[2] = rank
+        if seen is not None:
+            seen_key = (key[1], key[2], severity, exemption is not None)
+            seen[seen_key] = seen.get(seen_key, 0) + 1
+        old = existing.get(key) if existing else None
         reason = violation.reason[:2000]
         if old is None:
-            rank = SEVERITY_RANK[violation.severity]
-            new_rows.append((key[0], key[1], key[2], severity, rank, reason, exemption, stamp, stamp))
-            counts.add(key[1], key[2], severity, exemption, 1)
-            if violation.severity is Severity.CRITICAL and exemption is None:
+            new_rows.append((cid, key[1], key[2], severity, rank, reason, exemption, stamp, stamp))
+            count_key = (key[1], key[2], severity, exemption)
+            added[count_key] = added.get(count_key, 0) + 1
+            if rank == CRITICAL_RANK and exemption is None:
                 critical.add(key)
         elif (old[1], old[2], old[3]) != (severity, reason, exemption):
             changed.append(
                 {
                     "id": old[0],
                     "severity": severity,
-                    "severity_rank": SEVERITY_RANK[violation.severity],
+                    "severity_rank": rank,
                     "reason": reason,
                     "exemption_id": exemption,
                     "updated_at": now,
@@ -461,52 +372,40 @@ def _store(
             )
             counts.add(key[1], key[2], old[1], old[3], -1)
             counts.add(key[1], key[2], severity, exemption, 1)
-    _bulk_insert(session, "policy_violations", VIOLATION_INSERT, new_rows)
-    for chunk in _chunks(sorted({key[0] for key in critical})):
-        for vid, cid, policy, check in session.execute(
-            select(
-                PolicyViolation.id,
-                PolicyViolation.certificate_id,
-                PolicyViolation.policy,
-                PolicyViolation.check,
-            ).where(
-                PolicyViolation.certificate_id.in_(chunk),
-                PolicyViolation.severity_rank == SEVERITY_RANK[Severity.CRITICAL],
-            )
-        ):
-            if (cid, policy, check) in critical:
+    for (policy, check, severity, exemption), number in added.items():
+        counts.add(policy, check, severity, exemption, number)
+    driver.insert("policy_violations", VIOLATION_INSERT, new_rows)
+    for condition, params in driver.filters("certificate_id", sorted({key[0] for key in critical})):
+        for vid, cid, policy, check, rank in driver.fetch(_CRITICAL_SQL + condition, params):
+            if rank == CRITICAL_RANK and (cid, policy, check) in critical:
                 stats.new_critical.append(vid)
     if changed:
         session.execute(update(PolicyViolation), changed)
     stats.added, stats.changed = len(new_rows), len(changed)
     counts.apply(session)
 
-    per_cert: dict[int, list[Severity]] = {}
-    for (cid, _, _), (violation, exemption) in found.items():
-        if exemption is None:
-            per_cert.setdefault(cid, []).append(violation.severity)
     risk_new: list[tuple[Any, ...]] = []
     risk_changed: list[dict[str, Any]] = []
+    unflagged = [0, 0, -1]
     for item in inputs:
-        if item.certificate_id is None:
-            continue
         cid = item.certificate_id
-        severities = per_cert.get(cid, [])
-        score = risk_score(severities, endpoints=item.endpoints, not_after=item.not_after, now=now)
-        worst = max((SEVERITY_RANK[s] for s in severities), default=-1)
+        if cid is None:
+            continue
+        points, violations, worst = tally.get(cid, unflagged)
+        score = combined_score(points, item.endpoints, item.not_after - now)
         if cid not in risks:
-            risk_new.append((cid, score, len(severities), worst, stamp))
+            risk_new.append((cid, score, violations, worst, stamp))
         elif risks[cid] != score:
             risk_changed.append(
                 {
                     "certificate_id": cid,
                     "score": score,
-                    "violations": len(severities),
+                    "violations": violations,
                     "max_severity_rank": worst,
                     "evaluated_at": now,
                 }
             )
-    _bulk_insert(session, "certificate_risk", RISK_INSERT, risk_new)
+    driver.insert("certificate_risk", RISK_INSERT, risk_new)
     if risk_changed:
         session.execute(update(CertificateRisk), risk_changed)
     return stats
@@ -534,18 +433,23 @@ def evaluate_inputs(
 
 
 def _evaluate_rows(
+    driver: Driver,
     session: Session,
     rows: Sequence[Any],
+    ids: Ids,
     policies: Sequence[CompiledPolicy],
     exemptions: Sequence[ActiveExemption],
     now: datetime,
+    keys: dict[str, int] | None = None,
+    seen: Tally | None = None,
 ) -> EvaluationStats:
-    inputs = load_inputs(session, rows)
-    return _store(session, inputs, evaluate_inputs(inputs, policies, exemptions, now), now)
+    inputs = build_inputs(driver, rows, ids, keys=keys)
+    found = evaluate_inputs(inputs, policies, exemptions, now)
+    return _store(driver, session, inputs, found, now, ids, seen)
 
 
 def _input_select() -> Any:
-    return select(*INPUT_COLUMNS).join(Issuer, Issuer.id == Certificate.issuer_id)
+    return input_select()
 
 
 def evaluate_certificates(
@@ -562,36 +466,49 @@ def evaluate_certificates(
         return stats
     policies = load_policies(session)
     exemptions = load_exemptions(session, now)
+    driver = Driver(session)
     for chunk in _chunks(ids):
-        rows = session.execute(
-            _input_select().where(Certificate.id.in_(chunk), Certificate.archived_at.is_(None))
-        ).all()
-        live = {row.id for row in rows}
-        archived = [cid for cid in chunk if cid not in live]
+        rows = fetch_ids(driver, chunk)
+        live = [row[0] for row in rows]
+        known = set(live)
+        archived = [cid for cid in chunk if cid not in known]
         if archived:
             _forget(session, PolicyViolation.certificate_id.in_(archived))
             session.execute(delete(CertificateRisk).where(CertificateRisk.certificate_id.in_(archived)))
-        stats.merge(_evaluate_rows(session, rows, policies, exemptions, now))
+        stats.merge(_evaluate_rows(driver, session, rows, live, policies, exemptions, now))
     return stats
 
 
 def evaluate_batch(
-    session: Session, *, after_id: int, limit: int = BATCH, now: datetime
+    session: Session,
+    *,
+    after_id: int,
+    limit: int = BATCH,
+    now: datetime,
+    policies: Sequence[CompiledPolicy] | None = None,
+    exemptions: Sequence[ActiveExemption] | None = None,
+    keys: dict[str, int] | None = None,
+    seen: Tally | None = None,
 ) -> tuple[int | None, EvaluationStats]:
     """Evaluates the next ``limit`` live certificates after ``after_id``.
 
-    Returns the last id evaluated, or None when there were none left.
+    Returns the last id evaluated, or None when there were none left. ``policies``,
+    ``exemptions`` and the shared public ``keys`` default to the current ones (a caller walking
+    every batch in one transaction reads them once); ``seen`` tallies the violations found.
     """
-    rows = session.execute(
-        _input_select()
-        .where(Certificate.id > after_id, Certificate.archived_at.is_(None))
-        .order_by(Certificate.id)
-        .limit(limit)
-    ).all()
+    driver = Driver(session)
+    rows = fetch_after(driver, after_id, limit)
     if not rows:
         return None, EvaluationStats()
-    stats = _evaluate_rows(session, rows, load_policies(session), load_exemptions(session, now), now)
-    return rows[-1].id, stats
+    if policies is None:
+        policies = load_policies(session)
+    if exemptions is None:
+        exemptions = load_exemptions(session, now)
+    last: int = rows[-1][0]
+    # Every live certificate of the id range is in the batch: its facts are read by range.
+    batch = IdRange(after_id, last)
+    stats = _evaluate_rows(driver, session, rows, batch, policies, exemptions, now, keys, seen)
+    return last, stats
 
 
 def drop_policy(session: Session, name: str) -> None:
@@ -601,14 +518,27 @@ def drop_policy(session: Session, name: str) -> None:
 def reevaluate_all(session: Session, *, now: datetime, batch: int = BATCH) -> EvaluationStats:
     """Every live certificate, batch by batch in one transaction (for CLI use and tests)."""
     stats = EvaluationStats()
-    policies = {p.name for p in load_policies(session)}
-    session.execute(delete(PolicyViolation).where(PolicyViolation.policy.not_in(policies)))
+    policies = load_policies(session)
+    names = {p.name for p in policies}
+    session.execute(delete(PolicyViolation).where(PolicyViolation.policy.not_in(names)))
+    exemptions = load_exemptions(session, now)
+    keys = shared_keys(Driver(session))
+    seen: Tally = {}
     after = 0
     while True:
-        last, part = evaluate_batch(session, after_id=after, limit=batch, now=now)
+        last, part = evaluate_batch(
+            session,
+            after_id=after,
+            limit=batch,
+            now=now,
+            policies=policies,
+            exemptions=exemptions,
+            keys=keys,
+            seen=seen,
+        )
         if last is None:
-            # Recounted from scratch: a full pass also repairs counts that anything drifted.
-            rebuild_counts(session)
+            # Recounted from what is stored: a full pass also repairs counts that anything drifted.
+            _recount_after_pass(session, seen)
             return stats
         stats.merge(part)
         after = last

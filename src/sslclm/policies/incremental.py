@@ -21,20 +21,16 @@ from sqlalchemy.orm import Session
 
 from sslclm.inventory.models import Certificate
 from sslclm.policies.checks import ExpiryParams
-from sslclm.policies.engine import (
-    IN_CHUNK,
-    CompiledPolicy,
-    EvaluationStats,
-    evaluate_certificates,
-    key_counts,
-    load_policies,
-)
+from sslclm.policies.driver import Driver
+from sslclm.policies.engine import CompiledPolicy, EvaluationStats, evaluate_certificates, load_policies
+from sslclm.policies.inputs import key_counts_with
 from sslclm.policies.models import PolicyClock, PolicyExemption, PolicyViolation
 from sslclm.policies.revocation import register_distribution_points
 
 # Steps of the risk formula's expiry term (see sslclm.policies.risk).
 RISK_STEPS = (timedelta(0), timedelta(days=7), timedelta(days=30))
 TIME_CLOCK = "time"
+_WRITTEN_SQL = "SELECT public_key_sha256, crl_distribution_points FROM certificates WHERE "
 
 
 def certificates_written(
@@ -48,20 +44,17 @@ def certificates_written(
     keys: set[str] = set()
     new_keys: list[str] = []
     urls: set[str] = set()
-    for start in range(0, len(new_ids), IN_CHUNK):
-        for pub, points in session.execute(
-            select(Certificate.public_key_sha256, Certificate.crl_distribution_points).where(
-                Certificate.id.in_(new_ids[start : start + IN_CHUNK])
-            )
-        ):
+    driver = Driver(session)
+    for condition, params in driver.filters("id", new_ids):
+        for pub, points in driver.fetch(_WRITTEN_SQL + condition, params):
             keys.add(pub)
             new_keys.append(pub)
-            urls.update(points or ())
+            urls.update(driver.json(points) or ())
     new = set(new_ids)
     new_per_key: dict[str, int] = {}
     for pub in new_keys:
         new_per_key[pub] = new_per_key.get(pub, 0) + 1
-    for pub, count in key_counts(session, keys).items():
+    for pub, count in key_counts_with(driver, keys).items():
         if count - new_per_key.get(pub, 0) == 1:
             # The one older holder's key was its own until this batch: its verdict changes.
             wanted.update(

@@ -22,20 +22,26 @@ SEVERITY_POINTS = {
     Severity.HIGH: 20,
     Severity.CRITICAL: 40,
 }
+_NONE_LEFT = timedelta(0)
+_WEEK = timedelta(days=7)
+_MONTH = timedelta(days=30)
 
 
 def risk_score(
     severities: Iterable[Severity], *, endpoints: int | None, not_after: datetime, now: datetime
 ) -> int:
-    points = min(70, sum(SEVERITY_POINTS[s] for s in severities))
+    return combined_score(sum(SEVERITY_POINTS[s] for s in severities), endpoints, not_after - now)
+
+
+def combined_score(points: int, endpoints: int | None, left: timedelta) -> int:
+    """The score from the summed severity points, the endpoint count and the time left."""
     exposure = 1 + min(endpoints or 0, 20) / 20
-    left = not_after - now
-    if left < timedelta(0):
+    if left < _NONE_LEFT:
         expiry = 30
-    elif left < timedelta(days=7):
+    elif left < _WEEK:
         expiry = 20
-    elif left < timedelta(days=30):
+    elif left < _MONTH:
         expiry = 10
     else:
         expiry = 0
-    return min(100, round(points * exposure + expiry))
+    return min(100, round(min(70, points) * exposure + expiry))

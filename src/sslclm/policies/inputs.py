@@ -1,0 +1,200 @@
+"""``PolicyInput``s for stored certificates: the row, its tags, profile, endpoints and key reuse.
+
+Rows are read through :class:`~sslclm.policies.driver.Driver` and the auxiliary facts fetched per
+batch (an id range when the batch is a slice of the inventory in id order, id lists otherwise), so a
+certificate costs a tuple unpacking and a dataclass, not a trip through SQLAlchemy's result
+processing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from sslclm.inventory.models import Certificate, Issuer
+from sslclm.policies.checks import PolicyInput, fast_input
+from sslclm.policies.driver import Driver, Ids
+
+INPUT_COLUMNS = (
+    Certificate.id,
+    Certificate.not_before,
+    Certificate.not_after,
+    Certificate.key_algorithm,
+    Certificate.key_size,
+    Certificate.key_curve,
+    Certificate.signature_algorithm,
+    Certificate.sans,
+    Certificate.common_name,
+    Certificate.extended_key_usage,
+    Issuer.dn,
+    Certificate.self_signed,
+    Certificate.is_ca,
+    Certificate.revoked_at,
+    Certificate.public_key_sha256,
+    Certificate.owner,
+    Certificate.team,
+    Certificate.environment,
+)
+PUBLIC_KEY = 14  # position of public_key_sha256 in a row
+
+# The same columns for the driver; the conditions appended select live certificates only.
+_INPUT_SQL = (
+    "SELECT "  # noqa: S608 (column names are the constants above)
+    + ", ".join(f"{column.table.name}.{column.name}" for column in INPUT_COLUMNS)
+    + " FROM certificates JOIN issuers ON issuers.id = certificates.issuer_id"
+    " WHERE certificates.archived_at IS NULL AND "
+)
+_TAGS_SQL = "SELECT certificate_id, tag FROM certificate_tags WHERE "
+_PROFILES_SQL = (
+    "SELECT issuances.certificate_id, profiles.name FROM issuances"
+    " JOIN managed_certificates ON managed_certificates.id = issuances.managed_certificate_id"
+    " JOIN profiles ON profiles.id = managed_certificates.profile_id WHERE "
+)
+_ENDPOINTS_SQL = (
+    "SELECT certificate_id, count(*), min(tls_version),"
+    " sum(CASE WHEN NOT trusted THEN 1 ELSE 0 END), sum(CASE WHEN NOT hostname_match THEN 1 ELSE 0 END)"
+    " FROM endpoints WHERE last_status = 'ok' AND {} GROUP BY certificate_id"
+)
+_KEYS_SQL = (
+    "SELECT public_key_sha256, count(*) FROM certificates WHERE {}"
+    " GROUP BY public_key_sha256 HAVING count(*) > 1"
+)
+NOT_SERVED = (0, None, 0, 0)
+NO_TAGS: frozenset[str] = frozenset()
+
+
+def input_select() -> Any:
+    """The input columns as a SQLAlchemy query (decoded rows, for tools and tests)."""
+    return select(*INPUT_COLUMNS).join(Issuer, Issuer.id == Certificate.issuer_id)
+
+
+def fetch_after(driver: Driver, after_id: int, limit: int) -> list[tuple[Any, ...]]:
+    """The next ``limit`` live certificate rows after ``after_id``, in id order, undecoded."""
+    mark = driver.mark
+    return driver.fetch(
+        _INPUT_SQL + f"certificates.id > {mark} ORDER BY certificates.id LIMIT {mark}", [after_id, limit]
+    )
+
+
+def fetch_ids(driver: Driver, ids: Sequence[int]) -> list[tuple[Any, ...]]:
+    """The live certificate rows among ``ids``, undecoded."""
+    rows: list[tuple[Any, ...]] = []
+    for condition, params in driver.filters("certificates.id", ids):
+        rows.extend(driver.fetch(_INPUT_SQL + condition, params))
+    return rows
+
+
+def key_counts_with(driver: Driver, public_keys: Iterable[str]) -> dict[str, int]:
+    """How many certificates carry each of these public keys (keys held by one only are left out).
+
+    A grouped count over the public-key index: cheap for the usual unique keys; a key shared by
+    thousands of certificates costs one index range scan per batch that contains it.
+    """
+    found: dict[str, int] = {}
+    for condition, params in driver.matching("public_key_sha256", sorted(set(public_keys)), "text"):
+        found.update(driver.fetch(_KEYS_SQL.format(condition), params))
+    return found
+
+
+def shared_keys(driver: Driver) -> dict[str, int]:
+    """:func:`key_counts_with` for every key at once: one scan of the public-key index, far
+    cheaper than probing it for each certificate when a pass covers the whole inventory."""
+    return dict(driver.fetch(_KEYS_SQL.format("1 = 1")))
+
+
+def load_inputs(session: Session, rows: Sequence[Any]) -> list[PolicyInput]:
+    """Policy inputs for rows as SQLAlchemy returns them (``INPUT_COLUMNS``, in that order)."""
+    return build_inputs(Driver(session), rows, [row[0] for row in rows], decoded=True)
+
+
+def _same(value: Any) -> Any:
+    return value
+
+
+def build_inputs(
+    driver: Driver,
+    rows: Sequence[Any],
+    ids: Ids,
+    *,
+    decoded: bool = False,
+    keys: dict[str, int] | None = None,
+) -> list[PolicyInput]:
+    """Policy inputs for certificate rows, with tags, profile, endpoints and key reuse.
+
+    ``ids`` selects at least the rows' certificates (facts of others it covers are ignored);
+    ``decoded`` says the rows already hold Python values rather than what the driver returns;
+    ``keys`` is :func:`shared_keys` when the caller has it (looked up per batch otherwise).
+    """
+    tags: dict[int, set[str]] = {}
+    profiles: dict[int, str] = {}
+    served: dict[int, tuple[int, str | None, int, int]] = {}
+    for condition, params in driver.filters("certificate_id", ids):
+        for cid, tag in driver.fetch(_TAGS_SQL + condition, params):
+            tags.setdefault(cid, set()).add(tag)
+        for cid, count, lowest, bad_trust, bad_name in driver.fetch(_ENDPOINTS_SQL.format(condition), params):
+            served[cid] = (count, lowest, int(bad_trust or 0), int(bad_name or 0))
+    for condition, params in driver.filters("issuances.certificate_id", ids):
+        profiles.update(driver.fetch(_PROFILES_SQL + condition, params))
+    if keys is None:
+        keys = key_counts_with(driver, {row[PUBLIC_KEY] for row in rows})
+    timestamp: Callable[[Any], Any] = _same if decoded else driver.timestamp
+    json: Callable[[Any], Any] = _same if decoded else driver.json
+    inputs = []
+    # Rows unpacked by position: attribute access by name costs more than the checks themselves.
+    for (
+        cid,
+        not_before,
+        not_after,
+        key_algorithm,
+        key_size,
+        key_curve,
+        signature_algorithm,
+        sans,
+        common_name,
+        eku,
+        issuer,
+        self_signed,
+        is_ca,
+        revoked_at,
+        public_key,
+        owner,
+        team,
+        environment,
+    ) in rows:
+        endpoints, lowest, bad_trust, bad_name = served.get(cid, NOT_SERVED)
+        cert_tags = tags.get(cid)
+        sans = json(sans)
+        eku = json(eku)
+        inputs.append(
+            fast_input(
+                certificate_id=cid,
+                not_before=timestamp(not_before),  # aware UTC, as UTCDateTime returns it
+                not_after=timestamp(not_after),
+                key_algorithm=key_algorithm,
+                key_size=key_size,
+                key_curve=key_curve,
+                signature_algorithm=signature_algorithm,
+                sans=tuple(sans) if sans else (),
+                common_name=common_name,
+                extended_key_usage=tuple(eku) if eku else (),
+                issuer=issuer,
+                self_signed=bool(self_signed),
+                is_ca=bool(is_ca),
+                revoked=revoked_at is not None,
+                public_key_sha256=public_key,
+                owner=owner,
+                team=team,
+                environment=environment,
+                profile=profiles.get(cid),
+                tags=frozenset(cert_tags) if cert_tags else NO_TAGS,
+                key_shared_with=max(keys.get(public_key, 1) - 1, 0),
+                endpoints=endpoints,
+                min_tls_version=lowest,
+                untrusted_endpoints=bad_trust,
+                hostname_mismatches=bad_name,
+            )
+        )
+    return inputs
