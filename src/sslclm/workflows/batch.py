@@ -44,7 +44,14 @@ from sslclm.workflows.connections import ca_gateway_by_id
 from sslclm.workflows.managed import BATCH_TASK, BATCH_TYPES, ISSUE_TASK
 from sslclm.workflows.models import ManagedCertificate
 from sslclm.workflows.names import check_allowed
-from sslclm.workflows.recording import Issued, Target, load_targets, record_batch, store_sealed_keys
+from sslclm.workflows.recording import (
+    Issued,
+    Target,
+    issued_events,
+    load_targets,
+    record_batch,
+    store_sealed_keys,
+)
 from sslclm.workflows.state_store import state_in_transaction
 from sslclm.workflows.tasks import PURPOSES
 
@@ -186,7 +193,10 @@ def issue_batch(ctx: StepContext) -> Done:
     _enqueue_deployments(ctx, outcomes)
     # The new certificates' compliance is known from the start (and their CRLs are watched).
     certificates_written(ctx.session, [int(o["certificate_id"]) for o in outcomes], now=ctx.now)
-    _record_failures(ctx, failed, reason)
+    events = issued_events(outcomes, reason) + _record_failures(ctx, failed, reason)
+    # Last: on PostgreSQL the append holds the audit log's lock until this step commits, so nothing
+    # slow may follow it (the batches of all workers would wait for each other).
+    record_many(ctx.session, _audit(ctx), events, occurred_at=ctx.now)
     return Done(
         {
             "renewed": len(outcomes),
@@ -255,10 +265,13 @@ def _enqueue_deployments(ctx: StepContext, outcomes: list[dict[str, Any]]) -> No
     )
 
 
-def _record_failures(ctx: StepContext, failed: list[tuple[dict[str, Any], str]], reason: str) -> None:
-    """Deletes the keys of items the CA refused and says on each managed certificate why."""
+def _record_failures(
+    ctx: StepContext, failed: list[tuple[dict[str, Any], str]], reason: str
+) -> list[PlannedEvent]:
+    """Deletes the keys of items the CA refused and says on each managed certificate why; returns
+    the audit events to append."""
     if not failed:
-        return
+        return []
     _delete_unused_keys(ctx.session, [str(item["public_key_sha256"]) for item, _ in failed])
     events = []
     for item, error in failed:
@@ -275,7 +288,7 @@ def _record_failures(ctx: StepContext, failed: list[tuple[dict[str, Any], str]],
                 {"job_id": ctx.job_id, "step": ctx.step, "reason": reason, "error": error},
             )
         )
-    record_many(ctx.session, _audit(ctx), events, occurred_at=ctx.now)
+    return events
 
 
 def _delete_unused_keys(session: Session, fingerprints: list[str]) -> None:
@@ -294,4 +307,5 @@ def batch_failed(ctx: StepContext, error: str) -> None:
     """A batch that ended failed: its keys go, and each managed certificate says why (it is tried
     again at its next renewal time, an hour on, like a failed single renewal)."""
     items = list(ctx.state.get("items", []))
-    _record_failures(ctx, [(item, error) for item in items], str(ctx.payload.get("reason", "renew")))
+    events = _record_failures(ctx, [(item, error) for item in items], str(ctx.payload.get("reason", "renew")))
+    record_many(ctx.session, _audit(ctx), events, occurred_at=ctx.now)

@@ -20,7 +20,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection as SAConnection
 from sqlalchemy.orm import Session
 
-from sslclm.audit.service import AuditContext, PlannedEvent, record, record_many
+from sslclm.audit.service import AuditContext, PlannedEvent, record
 from sslclm.core.platform import Platform
 from sslclm.errors import InvalidInputError, NotFoundError
 from sslclm.inventory.bulk import insert_certificates, stored_datetime
@@ -468,8 +468,10 @@ def record_batch(
 ) -> list[dict[str, Any]]:
     """``record_certificate`` for many certificates at once: one multi-row statement per table.
 
-    The same rows and audit events as recording them one by one, in the caller's transaction, so a
-    batch of renewals costs a handful of statements instead of a handful per certificate.
+    The same rows as recording them one by one, in the caller's transaction, so a batch of renewals
+    costs a handful of statements instead of a handful per certificate. The audit events
+    (:func:`issued_events`) are the caller's to append, last, once its other writes are done: on
+    PostgreSQL the append holds the log's lock until the commit.
     """
     if not issued:
         return []
@@ -574,25 +576,19 @@ def record_batch(
             for o in outcomes
         ],
     )
-    # Last, and once for the whole batch: on PostgreSQL the append holds the log's lock until commit.
-    record_many(
-        session,
-        actor,
-        [
-            PlannedEvent(
-                "certificate.issued",
-                "managed_certificate",
-                o["managed_id"],
-                {
-                    "certificate_id": o["certificate_id"],
-                    "fingerprint": o["fingerprint_sha256"],
-                    "reason": reason,
-                },
-            )
-            for o in outcomes
-        ],
-        occurred_at=now,
-    )
     for outcome in outcomes:
         outcome["renew_at"] = outcome["renew_at"].isoformat()
     return outcomes
+
+
+def issued_events(outcomes: Sequence[dict[str, Any]], reason: str) -> list[PlannedEvent]:
+    """The ``certificate.issued`` audit events of a recorded batch (see :func:`record_batch`)."""
+    return [
+        PlannedEvent(
+            "certificate.issued",
+            "managed_certificate",
+            o["managed_id"],
+            {"certificate_id": o["certificate_id"], "fingerprint": o["fingerprint_sha256"], "reason": reason},
+        )
+        for o in outcomes
+    ]
