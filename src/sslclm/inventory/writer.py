@@ -166,7 +166,7 @@ class InventoryWriter:
         wanted = {dn for dn in issuer_dns if dn not in self._issuer_ids}
         if wanted:
             hashes = {issuer_hash(dn): dn for dn in wanted}
-            rows = [{"dn_hash": h, "dn": dn, "common_name": _cn_of(dn)} for h, dn in hashes.items()]
+            rows = [{"dn_hash": h, "dn": dn, "common_name": common_name_of(dn)} for h, dn in hashes.items()]
             session.execute(_insert(session, Issuer.__table__).on_conflict_do_nothing(), rows)
             for chunk in _chunked(list(hashes)):
                 for issuer_id, dn_hash in session.execute(
@@ -260,49 +260,10 @@ def private_key_aad(public_key_sha256: str) -> bytes:
     return f"private-key:{public_key_sha256}".encode()
 
 
-def _cn_of(dn: str) -> str | None:
+def common_name_of(dn: str) -> str | None:
+    """The CN of an RFC 4514 distinguished name, if it has one."""
     for part in dn.split(","):
         name, _, value = part.partition("=")
         if name.strip().upper() == "CN":
             return value.strip()
     return None
-
-
-def certificate_values(info: CertificateInfo, issuer_id: int, source: str, now: datetime) -> dict[str, Any]:
-    """The ``certificates`` row for ``info``, for a writer that inserts one certificate itself."""
-    return _certificate_row(info, issuer_id, source, now)
-
-
-def _certificate_row(info: CertificateInfo, issuer_id: int, source: str, now: datetime) -> dict[str, Any]:
-    return {
-        "fingerprint_sha256": info.fingerprint_sha256,
-        "fingerprint_sha1": info.fingerprint_sha1,
-        "serial": info.serial,
-        "subject": info.subject,
-        "common_name": info.common_name,
-        "issuer_id": issuer_id,
-        "not_before": info.not_before,
-        "not_after": info.not_after,
-        "key_algorithm": info.key_algorithm,
-        "key_size": info.key_size,
-        "key_curve": info.key_curve,
-        "signature_algorithm": info.signature_algorithm,
-        "sans": list(info.sans),
-        "key_usage": list(info.key_usage),
-        "extended_key_usage": list(info.extended_key_usage),
-        "is_ca": info.is_ca,
-        "path_length": info.path_length,
-        "authority_key_id": info.authority_key_id,
-        "subject_key_id": info.subject_key_id,
-        "crl_distribution_points": list(info.crl_distribution_points),
-        "ocsp_urls": list(info.ocsp_urls),
-        "ca_issuer_urls": list(info.ca_issuer_urls),
-        "self_signed": info.self_signed,
-        "public_key_sha256": info.public_key_sha256,
-        "der": info.der,
-        "search_text": search_text(info),
-        "source": source,
-        "has_private_key": False,
-        "created_at": now,
-        "updated_at": now,
-    }

@@ -41,7 +41,7 @@ from sslclm.spi.capabilities import Capability, ConnectorKind
 from sslclm.spi.registry import call
 from sslclm.spi.types import IssueRequest, IssueResult, IssueStatus
 from sslclm.workflows.connections import ca_gateway_by_id
-from sslclm.workflows.managed import BATCH_TASK, BATCH_TYPES, ISSUE_TASK
+from sslclm.workflows.managed import BATCH_TASK, ISSUE_TASK, renews_in_batch
 from sslclm.workflows.models import ManagedCertificate
 from sslclm.workflows.names import check_allowed
 from sslclm.workflows.recording import (
@@ -57,11 +57,8 @@ from sslclm.workflows.tasks import PURPOSES
 
 
 def batchable(target: Target) -> bool:
-    """Whether a renewal can go in a batch: built-in CA, no approval, a new key."""
-    return (
-        target.connection_type in BATCH_TYPES
-        and not target.approval_required
-        and target.key_policy != "reuse"
+    return renews_in_batch(
+        target.connection_type, approval_required=target.approval_required, key_policy=target.key_policy
     )
 
 

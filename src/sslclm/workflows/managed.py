@@ -28,8 +28,9 @@ NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._*-]{0,254}$")
 ISSUE_TASK = "certificate.issue"
 BATCH_TASK = "certificate.renew-batch"  # see sslclm.workflows.batch
 BATCH_SIZE = 100
-# Gateways whose issuance is local work with in-transaction state: renewing in batches pays off.
-BATCH_TYPES = frozenset({"local"})
+# Gateways that issue in this process from the platform's own data (the built-in CA): their state
+# writes join the step's transaction, and their renewals go in batches.
+IN_PROCESS_CA_TYPES = frozenset({"local"})
 REVOKE_TASK = "certificate.revoke"
 # After a tick enqueues a renewal, the next attempt waits this long if that renewal fails.
 RETRY_RENEWAL_AFTER = timedelta(hours=1)
@@ -264,6 +265,11 @@ def adopt(
     return managed
 
 
+def renews_in_batch(connection_type: str, *, approval_required: bool, key_policy: str) -> bool:
+    """Whether a renewal goes in a batch job: built-in CA, no approval, a new key."""
+    return connection_type in IN_PROCESS_CA_TYPES and not approval_required and key_policy != "reuse"
+
+
 def batch_specs(groups: dict[int, list[int]]) -> list[queue.JobSpec]:
     """Batch jobs for the due renewals of each CA connection, ``BATCH_SIZE`` managed certificates each."""
     specs = []
@@ -315,7 +321,7 @@ def enqueue_due_renewals(session: Session, *, now: datetime, limit: int = TICK_B
     batches: dict[int, list[int]] = {}
     single: list[int] = []
     for managed_id, key_policy, approval_required, connection_id, connection_type in rows:
-        if connection_type in BATCH_TYPES and not approval_required and key_policy != "reuse":
+        if renews_in_batch(connection_type, approval_required=approval_required, key_policy=key_policy):
             batches.setdefault(connection_id, []).append(managed_id)
         else:
             single.append(managed_id)

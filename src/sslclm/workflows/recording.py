@@ -30,7 +30,7 @@ from sslclm.inventory.writer import (
     InventoryWriter,
     ParsedFile,
     certificate_row,
-    certificate_values,
+    common_name_of,
     issuer_hash,
     private_key_aad,
 )
@@ -183,8 +183,6 @@ class _Statements:
     select_issuer: Any
     insert_issuer: Any
     known_fingerprints: Any
-    insert_certificate: Any
-    certificate_by_fingerprint: Any
     claim_certificate: Any
     upsert_sighting: Any
     supersede: Any
@@ -209,12 +207,6 @@ def _statements(dialect: str) -> _Statements:
         insert_issuer=_upsert(dialect, Issuer.__table__).on_conflict_do_nothing(index_elements=["dn_hash"]),
         known_fingerprints=select(Certificate.fingerprint_sha256).where(
             Certificate.fingerprint_sha256.in_(bindparam("fingerprints", expanding=True))
-        ),
-        insert_certificate=_upsert(dialect, Certificate.__table__)
-        .on_conflict_do_nothing(index_elements=["fingerprint_sha256"])
-        .returning(Certificate.id),
-        certificate_by_fingerprint=select(Certificate.id).where(
-            Certificate.fingerprint_sha256 == bindparam("fingerprint")
         ),
         claim_certificate=update(Certificate)
         .where(Certificate.id == bindparam("b_id"))
@@ -298,7 +290,7 @@ def _issuer_id(session: Session, info: CertificateInfo) -> int:
     if found is None:
         connection.execute(
             sql.insert_issuer,
-            {"dn_hash": digest, "dn": info.issuer, "common_name": _common_name(info.issuer)},
+            {"dn_hash": digest, "dn": info.issuer, "common_name": common_name_of(info.issuer)},
         )
         found = connection.execute(sql.select_issuer, {"digest": digest}).scalar_one()
     return int(found)
@@ -313,14 +305,6 @@ def _pem_der(pem: str) -> bytes:
     """The DER inside one PEM certificate block (plain base64; the certificate is parsed only if new)."""
     body = pem.split("-----BEGIN CERTIFICATE-----", 1)[-1].split("-----END CERTIFICATE-----", 1)[0]
     return base64.b64decode("".join(body.split()))
-
-
-def _common_name(dn: str) -> str | None:
-    for part in dn.split(","):
-        name, _, value = part.partition("=")
-        if name.strip().upper() == "CN":
-            return value.strip()
-    return None
 
 
 def _ensure_chain(
@@ -374,76 +358,26 @@ def record_certificate(
     """Stores the issued certificate, links it to its managed certificate and plans its renewal.
 
     All in the caller's transaction: the certificate, its sighting, the lineage row, the managed
-    certificate's new state and the audit event commit together or not at all.
+    certificate's new state and the audit event commit together or not at all. The same rows as a
+    batch of one (:func:`record_batch`), with the audit event appended here.
     """
-    info = leaf_info(certificate_pem, public_key=public_key, target=target)
-    _ensure_chain(session, platform, target, chain_pem, now)
-    connection, sql = _sql(session)
-    row = certificate_values(info, _issuer_id(session, info), target.source, now)
-    row.update(has_private_key=True, owner=target.owner, team=target.team)
-    certificate_id = connection.execute(sql.insert_certificate, row).scalar_one_or_none()
-    if certificate_id is None:
-        # Already in the inventory (discovered before it was recorded): claim it for this issuance.
-        certificate_id = connection.execute(
-            sql.certificate_by_fingerprint, {"fingerprint": info.fingerprint_sha256}
-        ).scalar_one()
-        connection.execute(
-            sql.claim_certificate,
-            {"b_id": certificate_id, "b_owner": target.owner, "b_team": target.team, "b_now": now},
-        )
-    connection.execute(
-        sql.upsert_sighting,
-        {
-            "certificate_id": certificate_id,
-            "kind": "issuance",
-            "location": f"managed/{target.name}",
-            "source": target.source,
-            "details": {},
-            "first_seen": now,
-            "last_seen": now,
-        },
+    issued = Issued(
+        target=target, certificate_pem=certificate_pem, chain_pem=tuple(chain_pem), public_key=public_key
     )
-    previous = target.current_certificate_id
-    if previous is not None and previous != certificate_id:
-        connection.execute(sql.supersede, {"b_previous": previous, "b_new": certificate_id, "b_now": now})
-    connection.execute(
-        sql.insert_issuance,
-        {
-            "managed_certificate_id": target.managed_id,
-            "certificate_id": certificate_id,
-            "job_id": job_id,
-            "reason": reason,
-            "ca_connection_id": target.connection_id,
-            "issued_at": now,
-        },
-    )
-    renew_at = renewal_time(
-        not_before=info.not_before,
-        not_after=info.not_after,
-        policy=target.policy,
-        seed=f"{target.managed_id}:{info.fingerprint_sha256}",
-    )
-    connection.execute(
-        sql.update_managed,
-        {"b_id": target.managed_id, "b_certificate": certificate_id, "b_renew_at": renew_at, "b_now": now},
+    (outcome,) = record_batch(
+        session,
+        platform,
+        [issued],
+        job_id=job_id,
+        reason=reason,
+        actor=actor,
+        now=now,
     )
     # Last: on PostgreSQL the audit append holds the log's lock until this transaction commits.
-    record(
-        session,
-        actor,
-        "certificate.issued",
-        "managed_certificate",
-        target.managed_id,
-        {"certificate_id": certificate_id, "fingerprint": info.fingerprint_sha256, "reason": reason},
-        occurred_at=now,
-    )
-    return {
-        "certificate_id": certificate_id,
-        "fingerprint_sha256": info.fingerprint_sha256,
-        "serial": info.serial,
-        "not_after": info.not_after.isoformat(),
-        "renew_at": renew_at.isoformat(),
-    }
+    (event,) = issued_events([outcome], reason)
+    record(session, actor, event.action, event.target_type, event.target_id, event.summary, occurred_at=now)
+    del outcome["managed_id"]
+    return outcome
 
 
 @dataclass(frozen=True, slots=True)

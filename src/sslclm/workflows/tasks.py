@@ -49,7 +49,7 @@ from sslclm.spi.types import (
 )
 from sslclm.workflows.ari import ARI_BATCH, refresh_windows
 from sslclm.workflows.connections import build_ca_gateway, ca_gateway_by_id
-from sslclm.workflows.managed import enqueue_due_renewals, sweep_orphan_keys
+from sslclm.workflows.managed import IN_PROCESS_CA_TYPES, enqueue_due_renewals, sweep_orphan_keys
 from sslclm.workflows.models import Approval, Connection, ManagedCertificate
 from sslclm.workflows.names import check_allowed
 from sslclm.workflows.recording import (
@@ -68,9 +68,6 @@ PURPOSES = {
     "client": (CertificatePurpose.CLIENT_AUTH,),
     "both": (CertificatePurpose.SERVER_AUTH, CertificatePurpose.CLIENT_AUTH),
 }
-# Gateways whose state is the platform's own data and that call nothing outside: their state writes
-# join the step's transaction (see ``state_in_transaction``).
-IN_TRANSACTION_TYPES = frozenset({"local"})
 
 
 def _audit(ctx: StepContext) -> AuditContext:
@@ -176,7 +173,7 @@ def _gateway(ctx: StepContext, target: Target) -> CAGateway:
 
 @contextmanager
 def _ca_transaction(ctx: StepContext, target: Target, gateway: CAGateway) -> Iterator[None]:
-    if target.connection_type not in IN_TRANSACTION_TYPES:
+    if target.connection_type not in IN_PROCESS_CA_TYPES:
         yield
         return
     # The CA's own hierarchy is made (and committed) on its own, before anything joins this step.
