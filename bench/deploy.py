@@ -2,12 +2,13 @@
 
 (a) bare pem-files: the same four files per certificate (certificate, key, chain, full chain) written
     the way the store writes them (temporary file, fsync, rename, then fsync of the directory), in a loop;
-(b) ``--deployments`` certificate.deploy jobs to a pem-files store, run by real ``sslclm worker``
-    processes on a fresh PostgreSQL database: each job reads the certificate and its sealed key,
-    writes the files atomically (keeping the previous set), reads them back to verify, and records
-    the deployment;
+(b) ``--deployments`` deployments to a pem-files store, enqueued as a renewal enqueues them (in
+    ``certificate.deploy-batch`` jobs of up to 100 bindings of the store) and run by real
+    ``sslclm worker`` processes on a fresh PostgreSQL database: each job reads the certificates and
+    their sealed keys, writes each item's files atomically (keeping the previous set), reads them back
+    to verify, and records the deployments;
 (c) bare Secrets Manager: the same ``PutSecretValue`` calls with boto3 in a loop, against moto's server;
-(d) ``--deployments`` certificate.deploy jobs to an aws-secrets-manager store on the same server.
+(d) ``--deployments`` deployments to an aws-secrets-manager store on the same server, the same way.
 
     python -m bench.deploy --deployments 1000 --workers 2 --concurrency 8
 
@@ -52,9 +53,8 @@ from sslclm.core.config import Settings
 from sslclm.core.db import session_scope
 from sslclm.core.platform import Platform
 from sslclm.deployments.models import StoreBinding
-from sslclm.deployments.service import DEPLOY_TASK
+from sslclm.deployments.service import enqueue_deployments_of
 from sslclm.inventory.writer import InventoryWriter, ParsedFile
-from sslclm.jobs.queue import JobSpec, enqueue_many
 from sslclm.pki import (
     certificate_to_pem,
     extract_info,
@@ -173,25 +173,21 @@ def seed(
     return binding_ids
 
 
-def enqueue(platform: Platform, binding_ids: Sequence[int]) -> None:
+def enqueue(platform: Platform, binding_ids: Sequence[int]) -> int:
+    """Enqueues the deployments as a renewal does once it has recorded the new certificates
+    (``enqueue_deployments_of``: these bindings go in ``certificate.deploy-batch`` jobs per store);
+    returns how many jobs."""
     with session_scope(platform.sessions) as session:
-        current = dict(
-            session.execute(
-                select(StoreBinding.id, ManagedCertificate.current_certificate_id)
-                .join(ManagedCertificate, ManagedCertificate.id == StoreBinding.managed_certificate_id)
+        current = {
+            int(managed_id): int(certificate_id)
+            for managed_id, certificate_id in session.execute(
+                select(ManagedCertificate.id, ManagedCertificate.current_certificate_id)
+                .join(StoreBinding, StoreBinding.managed_certificate_id == ManagedCertificate.id)
                 .where(StoreBinding.id.in_(binding_ids))
-            ).all()
-        )
-        specs = [
-            JobSpec(
-                DEPLOY_TASK,
-                {"binding_id": binding_id, "certificate_id": current[binding_id], "action": "deploy"},
-                dedupe_key=f"deploy:{binding_id}:deploy:{current[binding_id]}",
-                target=f"store_binding:{binding_id}",
             )
-            for binding_id in binding_ids
-        ]
-        enqueue_many(session, specs, now=platform.clock())
+            if certificate_id is not None
+        }
+        return enqueue_deployments_of(session, current, now=platform.clock())
 
 
 def wait_deployed(platform: Platform, binding_ids: Sequence[int], timeout: float = 1800) -> tuple[int, int]:
@@ -334,7 +330,7 @@ def platform_run(
     backends = _backends(platform, database)
     cpu_before = (_cpu_seconds(worker_pids), _cpu_seconds(backends), _cpu_seconds(server_pids))
     started = time.perf_counter()
-    enqueue(platform, measured)
+    jobs = enqueue(platform, measured)
     deployed, failed = wait_deployed(platform, measured)
     seconds = time.perf_counter() - started
     worker_cpu = _cpu_seconds(worker_pids) - cpu_before[0]
@@ -343,6 +339,7 @@ def platform_run(
     result = _rate(len(measured), seconds, 0.0)
     del result["client_cpu_ms_per_operation"]
     result.update(
+        jobs=jobs,
         deployed=deployed,
         failed=failed,
         worker_cpu_ms_per_deployment=round(worker_cpu / len(measured) * 1000, 3),

@@ -6,7 +6,8 @@
 
 Steps: generate (or reuse) the corpus; parse it with ``cryptography`` alone in one and in two
 processes (the bare rate); for each backend import it through ``import_paths`` in a fresh
-database while sampling the memory of the importing process tree; serve that database with
+database while sampling the memory of the importing process tree, then run the policy
+evaluation jobs the import enqueued and time them apart; serve that database with
 ``sslclm serve --http`` and time three queries; then compare the list endpoint's throughput on
 two uvicorn workers with a bare FastAPI app running the same query. Prints a table and writes
 ``bench/.work/results-inventory.json``.
@@ -187,9 +188,14 @@ def bench_backend(backend: str, corpus_dir: Path, args: argparse.Namespace, resu
             imp["certs_per_cpu_second"] = round(
                 imp["imported"] / (imp["cpu_seconds_self"] + imp["cpu_seconds_children"]), 1
             )
+            evaluation = imp["evaluation"]
+            evaluation["certs_per_s"] = round(imp["imported"] / evaluation["seconds"], 1)
+            evaluation["us_per_cert_cpu"] = round(evaluation["cpu_seconds"] / imp["imported"] * 1e6, 1)
             log(
                 f"{backend}: imported {imp['imported']} in {imp['seconds']:.1f} s "
-                f"({imp['certs_per_s']:,.0f}/s), peak RSS sum {imp['memory']['peak_rss_sum_mb']} MB"
+                f"({imp['certs_per_s']:,.0f}/s), peak RSS sum {imp['memory']['peak_rss_sum_mb']} MB; "
+                f"evaluation jobs {evaluation['seconds']:.1f} s ({evaluation['jobs']}, "
+                f"{evaluation['violations']} violations)"
             )
             if backend == "postgresql":
                 result["vacuum_analyze_seconds"] = round(vacuum_analyze(url), 1)
@@ -276,6 +282,19 @@ def summary_rows(results: dict[str, Any]) -> list[list[str]]:
                 f"{backend}: import CPU cost",
                 f"{fmt_int(imp['certs_per_cpu_second'])} certs per CPU-second = {cpu_ratio:.0%} of bare "
                 f"({fmt_int(bare1['certs_per_cpu_second'])})",
+                "(info)",
+                "",
+            ]
+        )
+        evaluation = imp["evaluation"]
+        with_evaluation = imp["imported"] / (imp["seconds"] + evaluation["seconds"])
+        rows.append(
+            [
+                f"{backend}: policy evaluation (jobs, after the import)",
+                f"{evaluation['seconds']:.1f} s = {fmt_int(evaluation['certs_per_s'])} certs/s, "
+                f"{evaluation['us_per_cert_cpu']} µs CPU/cert, {evaluation['violations']:,} violations; "
+                f"import + evaluation {fmt_int(with_evaluation)} certs/s = "
+                f"{with_evaluation / bare2['certs_per_s']:.0%} of bare 2-proc",
                 "(info)",
                 "",
             ]

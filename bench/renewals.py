@@ -8,7 +8,10 @@
     certificate, links it to its managed certificate and plans the next renewal;
 (c) one scheduler tick (``enqueue_due_renewals``) over ``--tick-size`` managed certificates.
 
-    python -m bench.renewals --renewals 10000 --workers 2 --concurrency 8
+    python -m bench.renewals --renewals 10000 --workers 2 --concurrency 2
+
+Two threads per worker: while one waits on PostgreSQL (a commit's WAL flush, a round trip) the
+other computes, so each worker keeps its core busy; more threads only contend for the interpreter.
 
 The machine these run on is shared: wall-clock rates move with everyone else's load, so the CPU
 time per renewal (workers plus their PostgreSQL backends) is reported too; it bounds the rate the
@@ -314,8 +317,11 @@ def renew_end_to_end(
         started = time.perf_counter()
         enqueued = _tick_all(platform)
         enqueue_seconds = time.perf_counter() - started
+        nine_tenths: float | None = None
         while True:
             succeeded, failed = _renewals_done(platform, last_warm_job)
+            if nine_tenths is None and (succeeded + failed) * 10 >= renewals * 9:
+                nine_tenths = time.perf_counter() - started
             if succeeded + failed >= renewals:
                 break
             time.sleep(0.05)
@@ -347,7 +353,10 @@ def renew_end_to_end(
         "enqueue_seconds": round(enqueue_seconds, 3),
         "seconds": round(elapsed, 3),
         "per_second": round(renewals / elapsed, 1),
+        "seconds_to_nine_tenths": round(nine_tenths or elapsed, 3),
         "cpu_ms_per_renewal": round(cpu / renewals * 1000, 3),
+        # How much of both cores the workers and their database backends used over the run.
+        "busy_fraction": round(cpu / (elapsed * (os.cpu_count() or 1)), 3),
         "worker_cpu_ms_per_renewal": round(worker_cpu / renewals * 1000, 3),
         "database_cpu_ms_per_renewal": round(database_cpu / renewals * 1000, 3),
         "renew_issuances": issuances,
@@ -450,7 +459,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.renewals", description=__doc__.split("\n\n")[0])
     parser.add_argument("--renewals", type=int, default=10_000)
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--concurrency", type=int, default=2)
     parser.add_argument("--tick-size", type=int, default=100_000)
     parser.add_argument("--bare-seconds", type=float, default=5.0)
     parser.add_argument("--database-url", default=DEFAULT_PG, help="A PostgreSQL server (admin URL).")
@@ -470,14 +479,16 @@ def summary(result: dict[str, Any]) -> str:
     rows = [
         ["(a) P-256 key + CSR + CA signature, 1 core", f"{bare['per_second_cpu']:,.0f}/s CPU", "-"],
         [
-            f"(b) {renewal['renewals']:,} renewals, {renewal['workers']} workers",
+            f"(b) {renewal['renewals']:,} renewals, {renewal['workers']} workers"
+            f" x {renewal['concurrency']} threads",
             f"{renewal['per_second']:,.1f}/s ({renewal['ratio_to_bare']:.1%} of (a))",
             ">= 15% of (a)",
         ],
         [
             "    CPU per renewal (workers + PostgreSQL)",
-            f"{renewal['cpu_ms_per_renewal']:.1f} ms -> {renewal['per_second_cpu_bound']:,.1f}/s"
-            f" on idle cores ({renewal['ratio_to_bare_cpu_bound']:.1%})",
+            f"{renewal['cpu_ms_per_renewal']:.2f} ms -> {renewal['per_second_cpu_bound']:,.1f}/s"
+            f" on idle cores ({renewal['ratio_to_bare_cpu_bound']:.1%}); cores busy"
+            f" {renewal['busy_fraction']:.0%}",
             "",
         ],
         [

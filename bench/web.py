@@ -6,7 +6,8 @@
 Seeds the synthetic inventory of ``bench.policy`` (bulk inserts, the issuer counters kept by the
 database's triggers), signs in through the login form like a browser, then times the pages
 server-side in-process (TestClient: routing, queries, templates, no network), first request and
-steady state. Bar: under 300 ms each. Writes ``bench/.work/results-web.json``.
+steady state. Bar: under 300 ms each. Free-text search (``q``) is timed too, in the console and the
+API, for a rare term, a common one and a two-character one. Writes ``bench/.work/results-web.json``.
 """
 
 from __future__ import annotations
@@ -39,6 +40,10 @@ PAGES = {
     "dashboard": "/ui/",
     "inventory, first page": "/ui/certificates",
     "inventory, search": "/ui/certificates?q=host4242",
+    "inventory, search, common term": "/ui/certificates?q=example.com",
+    "inventory, search, 2 characters": "/ui/certificates?q=42",
+    "API, search": "/api/v1/certificates?q=host4242",
+    "API, search, common term": "/api/v1/certificates?q=example.com",
     "inventory, expiring, by name": "/ui/certificates?status=expiring&sort=common_name",
     "inventory, team filter": "/ui/certificates?team=team-07",
     "reports": "/ui/reports",

@@ -77,6 +77,13 @@ class AuthenticationError(SslClmError):
     code = "unauthenticated"
 
 
+class TooManyAttemptsError(SslClmError):
+    """Too many failed attempts; try again later."""
+
+    http_status = 429
+    code = "too-many-attempts"
+
+
 class PermissionDeniedError(SslClmError):
     """Your role does not allow this action."""
 

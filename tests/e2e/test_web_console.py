@@ -12,9 +12,12 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives.serialization import Encoding
@@ -280,6 +283,77 @@ def test_agent_registration_token_is_shown_once_then_revoked(admin: Page) -> Non
     expect(admin.locator("tr", has_text="edge hosts")).to_have_count(0)
 
 
+@pytest.fixture
+def webhook_receiver() -> Iterator[tuple[str, list[bytes]]]:
+    """A loopback webhook endpoint that accepts every POST and keeps its body."""
+    received: list[bytes] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            received.append(self.rfile.read(int(self.headers["Content-Length"])))
+            self.send_response(200)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/hook", received
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_edit_a_schedule_test_and_delete_a_channel_delete_a_policy(
+    admin: Page, webhook_receiver: tuple[str, list[bytes]]
+) -> None:
+    admin.goto("/ui/scan-schedules")
+    admin.get_by_label("Name", exact=True).fill("nightly")
+    admin.get_by_label(re.compile(r"^When \(cron")).fill("0 3 * * *")
+    admin.get_by_label(re.compile(r"^Targets")).fill("127.0.0.1")
+    admin.get_by_role("button", name="Create schedule").click()
+    expect(admin.get_by_role("status")).to_have_text("Created.")
+    admin.locator("tr", has_text="nightly").get_by_role("link", name="Edit").click()
+    expect(admin.get_by_role("heading", name="Edit schedule nightly")).to_be_visible()
+    admin.get_by_label(re.compile(r"^When \(cron")).fill("15 4 * * 1")
+    admin.get_by_role("button", name="Save schedule").click()
+    expect(admin.get_by_role("status")).to_have_text("Saved.")
+    expect(admin.locator("tr", has_text="nightly")).to_contain_text("15 4 * * 1")
+
+    url, received = webhook_receiver
+    admin.goto("/ui/notifications/channels/new/webhook")
+    admin.get_by_label("Connection name").fill("ops-hook")
+    admin.locator('[name="config.url"]').fill(url)
+    admin.get_by_role("button", name="Create").click()
+    expect(admin.get_by_role("status")).to_have_text("Created.")
+    channel = admin.locator("tr", has_text="ops-hook")
+    channel.get_by_role("button", name="Send test").click()
+    expect(admin.get_by_role("status")).to_contain_text("Test sent through ops-hook")
+    assert len(received) == 1 and b"test notification" in received[0]
+    admin.locator("tr", has_text="ops-hook").get_by_role("button", name="Delete").click()
+    expect(admin.get_by_role("status")).to_have_text("Deleted.")
+    expect(admin.locator("tr", has_text="ops-hook")).to_have_count(0)
+
+    admin.goto("/ui/policies/new")
+    document = "name: short-lived\nchecks:\n  - check: key-algorithm\n"
+    admin.get_by_label("Policy document (YAML)").fill(document)
+    admin.get_by_role("button", name="Save policy set").click()
+    row = admin.locator("tr", has_text="short-lived")
+    expect(row).to_have_count(1)
+    row.get_by_role("button", name="Delete").click()
+    expect(admin.get_by_role("status")).to_have_text("Deleted.")
+    expect(admin.locator("tr", has_text="short-lived")).to_have_count(0)
+    assert any("Delete policy set short-lived" in message for message in admin.alerts)  # type: ignore[attr-defined]
+
+    admin.goto("/ui/reports")
+    expect(admin.get_by_role("heading", name="Reports")).to_be_visible()
+    expect(admin.locator("main")).to_contain_text("As of")
+
+
 def test_a_viewer_sees_no_action_buttons(admin: Page, browser: Browser, base_url: str) -> None:
     admin.get_by_role("link", name="Users").click()
     admin.get_by_label("Username", exact=True).fill("watcher")
@@ -304,6 +378,8 @@ def test_a_viewer_sees_no_action_buttons(admin: Page, browser: Browser, base_url
             "/ui/agents",
             "/ui/notifications",
             "/ui/scan-schedules",
+            "/ui/policies",
+            "/ui/reports",
         ):
             viewer.goto(path)
             expect(viewer.locator("main")).to_be_visible()

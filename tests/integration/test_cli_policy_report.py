@@ -140,3 +140,32 @@ def test_policies_violations_exemptions_and_every_report(
     assert "Certificates by status (total 3)" in pdf_text and "strict" in pdf_text
     missing_dir = cli("report", "pdf", "--output", str(tmp_path / "nowhere" / "summary.pdf"))
     assert missing_dir.exit_code == 1 and "nowhere" in missing_dir.stderr
+
+
+def test_policy_commands_follow_the_api_rule_for_large_inventories(
+    cli: Cli, tmp_path: Path, estate: dict[str, Issued], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from sslclm.policies import service as policy_service
+
+    cli.ok("import", str(tmp_path / "certs"))
+    (tmp_path / "good.yaml").write_text(GOOD)
+    # "Large" = more than one certificate here: the commands queue the work as the API does.
+    monkeypatch.setattr(policy_service, "SYNC_EVALUATION_LIMIT", 1)
+    applied = cli.ok("policy", "apply", str(tmp_path / "good.yaml"))
+    assert "created policy set 'strict'; re-evaluation queued as job " in applied.stdout
+    evaluated = json.loads(cli.ok("policy", "evaluate", "--format", "json").stdout)
+    assert list(evaluated[0]) == ["queued_job_id"]
+    cli.ok("worker", "--until-idle", "--no-scheduler")
+    # An exemption for one certificate re-evaluates that certificate alone, in the command.
+    [violation] = json.loads(cli.ok("policy", "violations", "--check", "domains", "--format", "json").stdout)
+    granted = cli.ok(
+        "policy", "exempt", "add",
+        "--certificate", str(violation["certificate_id"]),
+        "--check", "domains",
+        "--justification", "legacy database until the migration in Q3",
+        "--approver", "ciso",
+        "--expires", "2099-01-31",
+    )  # fmt: skip
+    assert "; evaluated 1 certificate(s)" in granted.stdout
+    deleted = cli.ok("policy", "delete", "strict")
+    assert "deleted policy set 'strict'; re-evaluation queued as job " in deleted.stdout  # baseline

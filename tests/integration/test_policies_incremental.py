@@ -18,7 +18,6 @@ from fastapi.testclient import TestClient
 from sqlalchemy import select
 
 from conftest import ApiUser
-from sslclm.api.routes import policies as policy_routes
 from sslclm.audit.service import AuditContext
 from sslclm.core.db import session_scope
 from sslclm.core.platform import Platform
@@ -31,6 +30,7 @@ from sslclm.jobs.models import Job
 from sslclm.jobs.registry import load_task_modules
 from sslclm.jobs.worker import Worker
 from sslclm.policies import incremental
+from sslclm.policies import service as policy_service
 from sslclm.policies.models import PolicyViolation, PolicyViolationCount
 from sslclm.policies.tasks import REEVALUATE_TASK
 from sslclm.reporting import service as reports
@@ -284,7 +284,7 @@ def test_a_policy_change_on_a_large_inventory_is_evaluated_by_a_job(
     admin = api_users["admin"]
     ca = make_ca("Large Root")
     ids = [_import(client, admin, make_leaf(ca, f"l{n}.example.com", days=3), f"l{n}.pem") for n in range(2)]
-    monkeypatch.setattr(policy_routes, "SYNC_EVALUATION_LIMIT", 1)  # "large" = more than one here
+    monkeypatch.setattr(policy_service, "SYNC_EVALUATION_LIMIT", 1)  # "large" = more than one here
     created = client.put(f"{API}/policies", content=POLICY, headers=admin.headers)
     assert created.status_code == 201, created.text
     assert "queued_job_id" in created.json()["evaluation"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,8 @@ from sslclm.errors import ConfigurationError
 
 DEFAULT_CONFIG = "/etc/sslclm-agent/agent.yaml"
 DEFAULT_STATE_DIR = "/var/lib/sslclm-agent"
+# nginx reloads; on Windows the certificate store is driven through Windows PowerShell.
+DEFAULT_COMMANDS = ("nginx", "powershell.exe") if sys.platform == "win32" else ("nginx",)
 
 
 class AgentConfig(BaseModel):
@@ -27,6 +30,12 @@ class AgentConfig(BaseModel):
     discovery_paths: list[str] = Field(default_factory=list)
     # pem-files stores by name; jobs name a store, never a path.
     stores: dict[str, PemFilesConfig] = Field(default_factory=dict)
+    # Platform stores hosted on this agent may write only under these paths (their directory or
+    # keystore file must lie here), whatever the store's configuration sent by the server says.
+    deploy_paths: list[str] = Field(default_factory=list)
+    # The programs such a store may run (nginx for a reload, PowerShell for the Windows store), by
+    # the exact name or path its configuration gives.
+    commands: list[str] = Field(default_factory=lambda: list(DEFAULT_COMMANDS))
     poll_seconds: int = Field(default=25, ge=1, le=60)
 
     @field_validator("server")
@@ -36,7 +45,7 @@ class AgentConfig(BaseModel):
             raise ValueError("the server URL must start with https://")
         return value.rstrip("/") if value else value
 
-    @field_validator("discovery_paths")
+    @field_validator("discovery_paths", "deploy_paths")
     @classmethod
     def _absolute(cls, value: list[str]) -> list[str]:
         for path in value:
@@ -45,7 +54,11 @@ class AgentConfig(BaseModel):
         return [os.path.normpath(path) for path in value]
 
     def allowed_paths(self) -> list[str]:
-        return [*self.discovery_paths, *(store.directory for store in self.stores.values())]
+        return [
+            *self.discovery_paths,
+            *self.deploy_paths,
+            *(store.directory for store in self.stores.values()),
+        ]
 
 
 def load_config(path: str | None, **overrides: Any) -> AgentConfig:

@@ -5,12 +5,14 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from sslclm.agent.config import AgentConfig, within
 from sslclm.agent.identity import private_dir, write_private
+from sslclm.agent.stores import StoreJobs, own_key_reader
 from sslclm.connectors.filesystem import FilesystemSource
 from sslclm.connectors.filesystem.source import FilesystemConfig
 from sslclm.connectors.pem_files import PemFilesStore
@@ -29,12 +31,18 @@ from sslclm.protocol import (
     DISCOVER_FILESYSTEM,
     PEM_INSTALL,
     PEM_KEYGEN,
+    STORE_DEPLOY,
+    STORE_INVENTORY,
+    STORE_REMOVE,
     DiscoverFilesystemPayload,
     DiscoverFilesystemResult,
     PemInstallPayload,
     PemInstallResult,
     PemKeygenPayload,
     PemKeygenResult,
+    StoreDeployPayload,
+    StoreInventoryPayload,
+    StoreRemovePayload,
     WireFinding,
 )
 from sslclm.spi import ConnectorContext, DiscoveryRequest
@@ -53,10 +61,13 @@ class JobRunner:
         self.state_dir = state_dir
         # Connectors may seal scratch secrets; on the agent nothing sealed outlives the process.
         self._envelope = Envelope(generate_kek())
+        self.stores = StoreJobs(
+            config, self._context, own_key_reader(lambda: (self._keys(), self._pending_keys()))
+        )
 
     @property
     def kinds(self) -> list[str]:
-        return [DISCOVER_FILESYSTEM, PEM_KEYGEN, PEM_INSTALL]
+        return [DISCOVER_FILESYSTEM, PEM_KEYGEN, PEM_INSTALL, STORE_DEPLOY, STORE_REMOVE, STORE_INVENTORY]
 
     def _context(self, name: str) -> ConnectorContext:
         data_dir = private_dir(self.state_dir / "connectors" / name)
@@ -75,6 +86,12 @@ class JobRunner:
             return self.keygen(PemKeygenPayload.model_validate(payload))
         if kind == PEM_INSTALL:
             return self.install(PemInstallPayload.model_validate(payload), progress)
+        if kind == STORE_DEPLOY:
+            return self.stores.deploy(StoreDeployPayload.model_validate(payload), progress)
+        if kind == STORE_REMOVE:
+            return self.stores.remove(StoreRemovePayload.model_validate(payload), progress)
+        if kind == STORE_INVENTORY:
+            return self.stores.inventory(StoreInventoryPayload.model_validate(payload), progress)
         raise InvalidInputError(f"this agent does not run '{kind}' jobs")
 
     # --- discovery ---------------------------------------------------------------------------------
@@ -126,6 +143,11 @@ class JobRunner:
     def _pending_keys(self) -> Path:
         return private_dir(self.state_dir / "pending-keys")
 
+    def _keys(self) -> Path:
+        """Keys made here whose certificate was issued: kept so that the same certificate can be
+        deployed to the host's other stores (PKCS#12, JKS, nginx) without the key ever leaving it."""
+        return private_dir(self.state_dir / "keys")
+
     def keygen(self, payload: PemKeygenPayload) -> dict[str, Any]:
         """Makes the key here and returns only its CSR: the key never leaves this host."""
         self._store(payload.store)
@@ -162,7 +184,7 @@ class JobRunner:
                 private_key_pem=key_pem,
             )
         )
-        pending.unlink()
+        os.replace(pending, self._keys() / pending.name)
         progress(f"installed as '{payload.alias}' in store '{payload.store}'")
         return PemInstallResult(
             fingerprint=certificate_facts(cert).fingerprint, replaced=added.replaced

@@ -21,6 +21,7 @@ from sslclm.agent.client import AgentClient, ServerUnavailableError, fetch_pinne
 from sslclm.agent.config import AgentConfig
 from sslclm.agent.identity import Identity, private_dir, write_private
 from sslclm.agent.jobs import JobRunner
+from sslclm.agent.stores import store_types
 from sslclm.errors import AuthenticationError, ConfigurationError, PermissionDeniedError, SslClmError
 from sslclm.pki.identity import csr_for_pem_key, identity_facts, new_identity_request
 from sslclm.protocol import (
@@ -44,7 +45,7 @@ MAX_BACKOFF = 60.0
 
 def capabilities(config: AgentConfig, runner: JobRunner) -> AgentCapabilities:
     return AgentCapabilities(
-        connectors=["filesystem", "pem-files"],
+        connectors=["filesystem", *store_types()],
         job_kinds=runner.kinds,
         os=f"{host_platform.system()} {host_platform.release()}",
         version=__version__,

@@ -28,7 +28,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from sslclm.agents import queue, service
+from sslclm.agents import hosting, queue, service
 from sslclm.agents.ca import AgentCa, load_agent_ca
 from sslclm.agents.models import Agent
 from sslclm.agents.remote import applier
@@ -209,7 +209,7 @@ def create_agent_app(platform: Platform, *, liveness: bool = True) -> FastAPI:
         with platform.sessions() as session:
             jobs = queue.claim(session, agent, now=platform.clock(), limit=limit)
             session.commit()
-        return jobs
+        return [hosting.opened(platform, job) for job in jobs]
 
     @app.get(f"{PREFIX}/jobs")
     async def fetch_jobs(
@@ -232,7 +232,7 @@ def create_agent_app(platform: Platform, *, liveness: bool = True) -> FastAPI:
         with platform.sessions() as session:
             job = queue.job_for_agent(session, agent, job_id)
             message = AgentJobMessage(id=job.id, attempt=job.attempt, kind=job.kind, payload=job.payload)
-        return _json(message)
+        return _json(hosting.opened(platform, message))
 
     @app.post(f"{PREFIX}/jobs/{{job_id}}/progress", status_code=204)
     def progress(job_id: int, body: ProgressEvent, agent: AgentDep) -> Response:

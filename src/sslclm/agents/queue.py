@@ -26,12 +26,16 @@ from sslclm.protocol import (
     DISCOVER_FILESYSTEM,
     PEM_INSTALL,
     PEM_KEYGEN,
+    STORE_DEPLOY,
+    STORE_INVENTORY,
+    STORE_REMOVE,
     DiscoverFilesystemPayload,
     JobResult,
     PemInstallPayload,
     PemKeygenPayload,
     ProgressEvent,
     ResultAck,
+    SealedPayload,
 )
 from sslclm.protocol import AgentJob as AgentJobMessage
 
@@ -40,6 +44,10 @@ PAYLOADS: dict[str, type[BaseModel]] = {
     DISCOVER_FILESYSTEM: DiscoverFilesystemPayload,
     PEM_KEYGEN: PemKeygenPayload,
     PEM_INSTALL: PemInstallPayload,
+    # Stored sealed (see ``sslclm.agents.hosting``); the agent receives them unsealed.
+    STORE_DEPLOY: SealedPayload,
+    STORE_REMOVE: SealedPayload,
+    STORE_INVENTORY: SealedPayload,
 }
 # Applies an accepted result in the transaction that records it (see ``sslclm.agents.remote``).
 ResultApplier = Callable[[Session, Agent, AgentJob, JobResult], None]

@@ -5,6 +5,9 @@
   path), through the same inventory writer as every other discovery.
 - ``pem-keygen`` and ``pem-install``: steps of a remote enrollment; the waiting server job is
   resumed with what the agent answered (see ``sslclm.agents.tasks``).
+- ``store-deploy`` and ``store-remove``: the waiting ``certificate.deploy`` job is resumed (see
+  ``sslclm.agents.deploy``); ``store-inventory``: compared with the bindings and written into the
+  inventory (see ``sslclm.agents.validation``). Their sealed payloads are dropped once done.
 """
 
 from __future__ import annotations
@@ -15,8 +18,10 @@ from datetime import datetime
 
 from sqlalchemy.orm import Session
 
+from sslclm.agents.hosting import forget_payload
 from sslclm.agents.models import Agent, AgentJob
 from sslclm.agents.queue import ResultApplier
+from sslclm.agents.validation import apply_inventory
 from sslclm.core.platform import Platform
 from sslclm.discovery.connectors import _describe_sightings
 from sslclm.errors import ConflictError, InvalidInputError
@@ -24,7 +29,7 @@ from sslclm.inventory.writer import InventoryWriter, ParsedFile
 from sslclm.jobs.models import Job, JobStatus
 from sslclm.jobs.queue import resume
 from sslclm.pki import parse_certificate
-from sslclm.protocol import DISCOVER_FILESYSTEM, DiscoverFilesystemResult, JobResult
+from sslclm.protocol import DISCOVER_FILESYSTEM, STORE_INVENTORY, DiscoverFilesystemResult, JobResult
 from sslclm.spi import Finding, Sighting, SightingKind
 
 MAX_FINDINGS = 100_000
@@ -100,6 +105,12 @@ def applier(platform: Platform) -> ResultApplier:
                 "problems": parsed.problems,
             }
             session.flush()
+        if job.kind == STORE_INVENTORY:
+            job.result = apply_inventory(
+                session, platform, agent, job, result.status, result.result, result.error
+            )
+        forget_payload(job)
+        session.flush()
         resume_waiting_job(session, job, result, now)
 
     return apply

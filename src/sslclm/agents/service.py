@@ -27,6 +27,8 @@ from sslclm.errors import (
     NotFoundError,
     PermissionDeniedError,
 )
+from sslclm.jobs.models import Job, JobStatus
+from sslclm.jobs.queue import resume
 from sslclm.pki.identity import IdentityFacts
 from sslclm.protocol import (
     HeartbeatRequest,
@@ -335,6 +337,17 @@ def revoke_agent(session: Session, ctx: AuditContext, ref: str | int, *, now: da
         return agent
     agent.status = AgentStatus.REVOKED.value
     agent.revoked_at = now
+    # Server jobs parked until one of these answers (a deployment, an enrollment) would wait forever.
+    waiting = [
+        job_id
+        for job_id in session.execute(
+            select(AgentJob.job_id).where(
+                AgentJob.agent_id == agent.id,
+                AgentJob.status.in_((AgentJobStatus.QUEUED.value, AgentJobStatus.RUNNING.value)),
+            )
+        ).scalars()
+        if job_id is not None
+    ]
     cancelled = session.execute(
         update(AgentJob)
         .where(
@@ -357,6 +370,16 @@ def revoke_agent(session: Session, ctx: AuditContext, ref: str | int, *, now: da
         },
         occurred_at=now,
     )
+    for job_id in waiting:
+        parked = session.get(Job, job_id)
+        if parked is not None and parked.status == JobStatus.WAITING:
+            resume(
+                session,
+                job_id,
+                now=now,
+                state={"agent_error": f"agent '{agent.name}' was revoked"},
+                message="the agent was revoked",
+            )
     return agent
 
 

@@ -12,9 +12,12 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from sslclm.agents import queue, service
+from sqlalchemy import update
+
+from sslclm.agents import deploy, queue, service, validation
 from sslclm.audit.service import AuditContext
 from sslclm.errors import ConnectorError, InvalidInputError
+from sslclm.inventory.models import Certificate
 from sslclm.jobs.registry import periodic, task
 from sslclm.jobs.steps import Done, StepContext, Wait
 from sslclm.protocol import PEM_INSTALL, PEM_KEYGEN
@@ -27,6 +30,9 @@ from sslclm.workflows.recording import load_target, record_certificate
 from sslclm.workflows.tasks import PURPOSES
 
 ENROLL_TASK = "agents.enroll"
+# Deployments to agent-hosted stores add a step to ``certificate.deploy``, and store validation is a
+# periodic task of its own: both register when this module (the ``sslclm.tasks`` entry point) loads.
+TASK_MODULES = (deploy, validation)
 
 
 def _audit(ctx: StepContext) -> AuditContext:
@@ -108,6 +114,13 @@ def issue_for_agent(ctx: StepContext) -> Wait:
         reason="agent-enroll",
         actor=_audit(ctx),
         now=ctx.now,
+    )
+    # The recorder marks what it records as held with its key; this key stays on the agent, and a
+    # deployment must know to ask the agent for it (sslclm.agents.deploy).
+    ctx.session.execute(
+        update(Certificate)
+        .where(Certificate.id == int(outcome["certificate_id"]))
+        .values(has_private_key=False)
     )
     agent = service.get_agent(ctx.session, int(ctx.payload["agent_id"]))
     job = queue.dispatch(

@@ -40,6 +40,8 @@ def install_error_handlers(app: FastAPI) -> None:
             log.error("request %s failed: %s", request.url.path, exc.message)
         body = exc.to_problem()
         headers = {"WWW-Authenticate": "Bearer"} if exc.http_status == 401 else None
+        if exc.http_status == 429 and "retry_after_seconds" in exc.data:
+            headers = {"Retry-After": str(exc.data["retry_after_seconds"])}
         return Response(
             orjson.dumps(body), status_code=exc.http_status, media_type=PROBLEM_JSON, headers=headers
         )

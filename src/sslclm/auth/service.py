@@ -13,14 +13,17 @@ from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
 from sslclm.audit.service import AuditContext, record
+from sslclm.auth import throttle
 from sslclm.auth.models import ApiToken, User, WebSession
 from sslclm.auth.permissions import Role, role_within
 from sslclm.auth.secrets import hash_password, hash_token, new_token, verify_password
+from sslclm.auth.throttle import LoginLimits
 from sslclm.core.clock import as_utc, utcnow
 from sslclm.errors import AuthenticationError, ConflictError, InvalidInputError, NotFoundError
 
 USERNAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,149}$")
 MIN_PASSWORD = 10
+DEFAULT_LIMITS = LoginLimits()
 
 
 def _check_role(role: str, field: str = "role") -> Role:
@@ -167,15 +170,27 @@ class LoginResult:
     expires_at: datetime
 
 
-def login(session: Session, ctx: AuditContext, username: str, password: str, *, hours: int) -> LoginResult:
+def login(
+    session: Session,
+    ctx: AuditContext,
+    username: str,
+    password: str,
+    *,
+    hours: int,
+    limits: LoginLimits = DEFAULT_LIMITS,
+    now: datetime | None = None,
+) -> LoginResult:
+    now = now or utcnow()
+    throttle.check(session, ctx, username, now)
     user = session.execute(select(User).where(User.username == username)).scalar_one_or_none()
     # Verify against a dummy hash when the user is unknown so timing does not reveal which names exist.
     ok = verify_password(user.password_hash if user else _dummy_hash(), password)
     if user is None or not ok or user.disabled:
         record(session, ctx, "auth.login-failed", "user", None, {"username": username[:150]})
+        throttle.failed(session, ctx, username, now, limits)
         session.commit()
         raise AuthenticationError("wrong username or password")
-    now = utcnow()
+    throttle.succeeded(session, ctx, username)
     raw = secrets.token_urlsafe(32)
     web_session = WebSession(
         id_hash=hash_token(raw),

@@ -117,6 +117,7 @@ class RootGroup(TyperGroup):
 
 def build_app() -> typer.Typer:
     from sslclm.cli import (
+        agent_stores,
         agents,
         certs,
         db,
@@ -164,6 +165,7 @@ def build_app() -> typer.Typer:
     scan.register(app)
     workflows.register(app)
     stores.register(app)
+    agent_stores.register(stores.store_app)
     deploy.register(app)
     policy.register(app)
     report.register(app)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
@@ -13,7 +14,7 @@ from sslclm.cli.common import cli_context, opened_platform, unit_of_work
 from sslclm.cli.reporting_output import FormatOption, OutputFileOption, RowFormat, emit_rows, to_json
 from sslclm.core.clock import as_utc
 from sslclm.errors import InvalidInputError
-from sslclm.policies import engine, service
+from sslclm.policies import service
 from sslclm.policies.checks import Severity
 from sslclm.policies.models import PolicyExemption
 
@@ -63,6 +64,26 @@ def list_policies(fmt: FormatOption = RowFormat.TABLE, output: OutputFileOption 
     emit_rows(rows, fmt, output, empty="no policy sets (the built-in baseline applies)")
 
 
+@policy_app.command("checks")
+def list_checks(fmt: FormatOption = RowFormat.TABLE, output: OutputFileOption = None) -> None:
+    """The built-in checks a policy set can use, with their default severity and parameters."""
+    rows = []
+    for check in service.describe_checks():
+        properties = check["params_schema"].get("properties", {})
+        rows.append(
+            {
+                "check": check["check"],
+                "severity": check["severity"],
+                "parameters": ", ".join(
+                    f"{name}={json.dumps(spec['default'])}" if "default" in spec else name
+                    for name, spec in properties.items()
+                ),
+                "description": check["description"],
+            }
+        )
+    emit_rows(rows, fmt, output, empty="no checks")
+
+
 @policy_app.command("show")
 def show_policy(
     name: NameArgument,
@@ -86,7 +107,8 @@ def apply_policy(
         int | None, typer.Option("--position", min=0, help="Evaluation order (default: last).")
     ] = None,
 ) -> None:
-    """Creates or replaces the policy set the document names, then re-evaluates the inventory."""
+    """Creates or replaces the policy set the document names, then re-evaluates the inventory
+    (a large one in a job, as through the API)."""
     if str(file) == "-":
         text = typer.get_text_stream("stdin").read()
     else:
@@ -100,32 +122,35 @@ def apply_policy(
         except InvalidInputError as exc:
             # The message already names the line and field; say which file too.
             raise InvalidInputError(f"{file}: {exc.message}", field=exc.field) from None
-        stats = engine.reevaluate_all(session, now=now)
+        evaluation = service.reevaluate(session, now)
         name = row.name
         session.commit()
-    typer.echo(
-        f"{'created' if created else 'updated'} policy set '{name}'; evaluated {stats.certificates} "
-        f"certificate(s), {stats.violations} violation(s)"
-    )
+    typer.echo(f"{'created' if created else 'updated'} policy set '{name}'; {_evaluated(evaluation)}")
+
+
+def _evaluated(evaluation: dict[str, Any]) -> str:
+    if "queued_job_id" in evaluation:
+        return f"re-evaluation queued as job {evaluation['queued_job_id']}"
+    return f"evaluated {evaluation['certificates']} certificate(s), {evaluation['violations']} violation(s)"
 
 
 @policy_app.command("delete")
 def delete_policy(name: NameArgument) -> None:
     """Deletes a policy set and the violations it found."""
     with opened_platform() as platform, platform.sessions() as session:
-        service.delete_policy(session, cli_context(), name)
-        engine.reevaluate_all(session, now=platform.clock())
+        evaluation = service.delete_policy(session, cli_context(), name, now=platform.clock())
         session.commit()
-    typer.echo(f"deleted policy set '{name}'")
+    typer.echo(f"deleted policy set '{name}'; {_evaluated(evaluation)}")
 
 
 @policy_app.command("evaluate")
 def evaluate(fmt: FormatOption = RowFormat.TABLE) -> None:
-    """Re-evaluates every live certificate against the policy sets now."""
+    """Re-evaluates every live certificate against the policy sets now (a large inventory in a job,
+    as through the API: run a worker)."""
     with opened_platform() as platform, platform.sessions() as session:
-        stats = engine.reevaluate_all(session, now=platform.clock())
+        evaluation = service.reevaluate(session, platform.clock())
         session.commit()
-    emit_rows([stats.as_dict()], fmt)
+    emit_rows([evaluation], fmt)
 
 
 @policy_app.command("violations")
@@ -192,10 +217,11 @@ def add_exemption(
         expires_at=as_utc(expires),
     )
     with opened_platform() as platform, platform.sessions() as session:
-        row = service.create_exemption(session, cli_context(), data, now=platform.clock())
+        row, evaluation = service.create_exemption(session, cli_context(), data, now=platform.clock())
         exemption_id = row.id
         session.commit()
-    typer.echo(f"exemption {exemption_id} granted until {as_utc(expires):%Y-%m-%d %H:%M} UTC")
+    until = f"{as_utc(expires):%Y-%m-%d %H:%M} UTC"
+    typer.echo(f"exemption {exemption_id} granted until {until}; {_evaluated(evaluation)}")
 
 
 @exempt_app.command("list")
@@ -211,6 +237,6 @@ def list_exemptions(fmt: FormatOption = RowFormat.TABLE, output: OutputFileOptio
 def delete_exemption(exemption_id: Annotated[int, typer.Argument(min=1, help="The exemption's id.")]) -> None:
     """Withdraws an exemption; what it covered counts as a violation again."""
     with opened_platform() as platform, platform.sessions() as session:
-        service.delete_exemption(session, cli_context(), exemption_id, now=platform.clock())
+        evaluation = service.delete_exemption(session, cli_context(), exemption_id, now=platform.clock())
         session.commit()
-    typer.echo(f"exemption {exemption_id} withdrawn")
+    typer.echo(f"exemption {exemption_id} withdrawn; {_evaluated(evaluation)}")

@@ -185,16 +185,34 @@ def _run_server(
         ssl_certfile=str(tls.cert_file) if tls else None,
         ssl_keyfile=str(tls.key_file) if tls else None,
     )
+    configs = [config]
+    if tls is not None:
+        _renew_while_running(app, platform, host, configs)
     if agent_port is not None and tls is not None:
         from sslclm.agents.listener import agent_listener_config, run_with_agent_listener
 
         agent_config = agent_listener_config(
             platform, host=host, port=agent_port, tls=tls, log_level=log_level
         )
+        configs.append(agent_config)
         run_with_agent_listener(config, agent_config)
         return
     # uvicorn logs and exits with status 1 itself when it cannot bind (port in use, no permission).
     uvicorn.Server(config).run()
+
+
+def _renew_while_running(app: Any, platform: Platform, host: str, configs: list[Any]) -> None:
+    """Swaps a renewed server certificate into every listener without a restart."""
+    import asyncio
+
+    from sslclm.core.tls_renewal import ServerCertificateRenewer
+
+    # Read at each renewal: a listener's context exists only once uvicorn has loaded its config.
+    renewer = ServerCertificateRenewer(
+        platform, host, lambda: [c.ssl for c in configs if c.loaded and c.ssl is not None]
+    )
+    app.state.startup_hooks.append(lambda _platform: renewer.start(asyncio.get_running_loop()))
+    app.state.shutdown_hooks.append(lambda _platform: renewer.stop())
 
 
 def _embed_jobs(app: Any, platform: Platform) -> None:

@@ -31,6 +31,12 @@ class Settings(BaseSettings):
         default_factory=lambda: ["localhost"], description="Names in the server's own TLS certificate."
     )
     session_hours: int = Field(default=12, ge=1, description="Lifetime of a UI login session.")
+    login_max_failures: int = Field(
+        default=5, ge=1, description="Failed logins for one username from one address before it is locked."
+    )
+    login_lockout_minutes: int = Field(
+        default=15, ge=1, description="How long such a lock lasts; failures older than this are forgotten."
+    )
     max_upload_bytes: int = Field(default=10 * 1024 * 1024, description="Largest accepted upload.")
     log_level: str = Field(default="INFO")
     embedded_worker: bool = Field(default=True, description="Run a job worker inside `serve`.")

@@ -8,7 +8,8 @@ Layout under ``$SSLCLM_HOME/tls``::
 
 The CA is created once and then only read, so clients that trusted it keep trusting the server; the
 server certificate is re-issued at start whenever it is close to expiry, was signed by another CA, or
-does not name the address being served.
+does not name the address being served, and while ``serve`` runs by the hourly check of
+``sslclm.core.tls_renewal``, which swaps it into the live listeners.
 """
 
 from __future__ import annotations

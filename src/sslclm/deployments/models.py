@@ -56,3 +56,6 @@ class Deployment(Base):
     error: Mapped[str | None] = mapped_column(Text)
     started_at: Mapped[datetime] = mapped_column(UTCDateTime)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+    # One row per binding and job: a deployment batch job that runs a step again adds none.
+    __table_args__ = (UniqueConstraint("binding_id", "job_id"),)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol, runtime_checkable
@@ -21,12 +21,14 @@ from sslclm.pki import certificate_to_pem, private_key_to_pem
 from sslclm.spi.capabilities import Capability, ConnectorKind
 from sslclm.spi.files import check_alias
 from sslclm.spi.store import AddRequest, CertificateStore
-from sslclm.workflows.connections import build_connector, get_connection
+from sslclm.workflows.connections import build_connector, connector_registry, get_connection
 from sslclm.workflows.managed import get_managed
 from sslclm.workflows.models import Connection, ManagedCertificate
 from sslclm.workflows.recording import load_key
 
 DEPLOY_TASK = "certificate.deploy"
+DEPLOY_BATCH_TASK = "certificate.deploy-batch"  # see sslclm.deployments.batch
+DEPLOY_BATCH_SIZE = 100
 SCAN_TASK = "stores.scan"
 ACTIVE = ("pending", "deploying", "deployed", "failed", "drifted")
 
@@ -188,22 +190,98 @@ def enqueue_deploy(
 def enqueue_deployments(session: Session, managed_id: int, certificate_id: int, *, now: datetime) -> int:
     """Enqueues a deployment of ``certificate_id`` to every binding of the managed certificate.
 
-    Called in the transaction that records an issuance, so a renewal always deploys; returns how many.
+    Called in the transaction that records an issuance, so a renewal always deploys; returns how many
+    jobs were added.
     """
-    ids = session.execute(
-        select(StoreBinding.id).where(
-            StoreBinding.managed_certificate_id == managed_id, StoreBinding.status.in_(ACTIVE)
+    return enqueue_deployments_of(session, {managed_id: certificate_id}, now=now)
+
+
+def deploys_in_batch(
+    type_key: str, *, agent_id: int | None, verify_host: str | None, agent_label: str | None = None
+) -> bool:
+    """Whether a deployment to a binding goes in a ``certificate.deploy-batch`` job: the server runs the
+    store (no agent by id or label), there is no endpoint to verify by a handshake, and the store needs
+    no reload (nginx, HAProxy: their reload, handshake and rollback stay one job per binding)."""
+    if agent_id is not None or agent_label is not None or verify_host:
+        return False
+    try:
+        kind = connector_registry().get(ConnectorKind.CERT_STORE, type_key)
+    except NotFoundError:
+        return False  # its own job fails with the reason
+    return Capability.RELOAD not in kind.capabilities
+
+
+def deployment_specs(pairs: Sequence[tuple[int, int, int, bool]]) -> list[JobSpec]:
+    """Jobs for ``(binding id, store id, certificate id, in a batch)``: the batchable bindings of each
+    store in ``certificate.deploy-batch`` jobs of up to ``DEPLOY_BATCH_SIZE``, the others one job each."""
+    specs: list[JobSpec] = []
+    batches: dict[int, list[list[int]]] = {}
+    for binding_id, store_id, certificate_id, in_batch in pairs:
+        if in_batch:
+            batches.setdefault(store_id, []).append([binding_id, certificate_id])
+            continue
+        specs.append(
+            JobSpec(
+                DEPLOY_TASK,
+                {"binding_id": binding_id, "certificate_id": certificate_id, "action": "deploy"},
+                dedupe_key=f"deploy:{binding_id}:deploy:{certificate_id}",
+                target=f"store_binding:{binding_id}",
+            )
         )
-    ).scalars()
-    specs = [
-        JobSpec(
-            DEPLOY_TASK,
-            {"binding_id": binding_id, "certificate_id": certificate_id, "action": "deploy"},
-            dedupe_key=f"deploy:{binding_id}:deploy:{certificate_id}",
-            target=f"store_binding:{binding_id}",
-        )
-        for binding_id in ids
-    ]
+    for store_id, items in batches.items():
+        for start in range(0, len(items), DEPLOY_BATCH_SIZE):
+            chunk = items[start : start + DEPLOY_BATCH_SIZE]
+            specs.append(
+                JobSpec(
+                    DEPLOY_BATCH_TASK,
+                    {"store_id": store_id, "items": chunk},
+                    # The same batch enqueued twice (a retried caller) is one job.
+                    dedupe_key=f"deploy-batch:{store_id}:{chunk[0][0]}:{chunk[0][1]}:{len(chunk)}",
+                    target=f"store:{store_id}",
+                )
+            )
+    return specs
+
+
+def enqueue_deployments_of(session: Session, certificate_for: Mapping[int, int], *, now: datetime) -> int:
+    """Enqueues the deployment of each managed certificate's new certificate (``certificate_for``:
+    managed certificate id -> certificate id) to all its active bindings, in batches where
+    :func:`deploys_in_batch` allows; one query per ``DEPLOY_BATCH_SIZE`` managed certificates."""
+    managed_ids = list(certificate_for)
+    pairs: list[tuple[int, int, int, bool]] = []
+    for start in range(0, len(managed_ids), DEPLOY_BATCH_SIZE):
+        rows = session.execute(
+            select(
+                StoreBinding.id,
+                StoreBinding.managed_certificate_id,
+                StoreBinding.store_connection_id,
+                StoreBinding.verify_host,
+                Connection.type_key,
+                Connection.agent_id,
+                Connection.agent_label,
+            )
+            .join(Connection, Connection.id == StoreBinding.store_connection_id)
+            .where(
+                StoreBinding.managed_certificate_id.in_(managed_ids[start : start + DEPLOY_BATCH_SIZE]),
+                StoreBinding.status.in_(ACTIVE),
+            )
+            .order_by(StoreBinding.id)
+        ).all()
+        pairs += [
+            (
+                row.id,
+                row.store_connection_id,
+                certificate_for[row.managed_certificate_id],
+                deploys_in_batch(
+                    row.type_key,
+                    agent_id=row.agent_id,
+                    agent_label=row.agent_label,
+                    verify_host=row.verify_host,
+                ),
+            )
+            for row in rows
+        ]
+    specs = deployment_specs(pairs)
     return enqueue_many(session, specs, now=now) if specs else 0
 
 
@@ -227,7 +305,9 @@ def undeploy(session: Session, ctx: AuditContext, binding_id: int, *, now: datet
 
 
 @dataclass(frozen=True, slots=True)
-class _ChainLink:
+class ChainLink:
+    """A certificate's DER and what walking up its chain needs."""
+
     der: bytes
     self_signed: bool
     issuer_id: int
@@ -237,7 +317,7 @@ class _ChainLink:
 _LINK_COLUMNS = (Certificate.der, Certificate.self_signed, Certificate.issuer_id)
 
 
-def chain_for(session: Session, certificate: _ChainLink, *, limit: int = 5) -> list[bytes]:
+def chain_for(session: Session, certificate: ChainLink, *, limit: int = 5) -> list[bytes]:
     """The DER of the issuing CAs above ``certificate`` that the inventory holds, nearest first, without
     the root."""
     chain: list[bytes] = []
@@ -256,7 +336,7 @@ def chain_for(session: Session, certificate: _ChainLink, *, limit: int = 5) -> l
         if row is None or row.self_signed:
             break
         chain.append(row.der)
-        current = _ChainLink(row.der, row.self_signed, row.issuer_id)
+        current = ChainLink(row.der, row.self_signed, row.issuer_id)
     return chain
 
 
@@ -278,7 +358,7 @@ def add_request_for(
                 "the platform does not hold this certificate's private key", field="certificate"
             )
         key_pem = private_key_to_pem(load_key(session, platform, row.public_key_sha256))
-    chain = chain_for(session, _ChainLink(row.der, row.self_signed, row.issuer_id))
+    chain = chain_for(session, ChainLink(row.der, row.self_signed, row.issuer_id))
     return AddRequest(
         alias=alias,
         certificate_pem=certificate_to_pem(row.der),
@@ -292,6 +372,11 @@ def request_scan(
 ) -> tuple[Connection, Job]:
     """Enqueues a read of the store's inventory into the certificate inventory (one pending per store)."""
     row = store_connection(session, ref)
+    if row.agent_id is not None or row.agent_label:
+        # Its files are on the agent's host, not here: the agent reads them (sslclm.agents.validation).
+        raise ConflictError(
+            f"store '{row.name}' is hosted on an agent; read it with 'sslclm store validate'", field="store"
+        )
     if Capability.INVENTORY not in build_store(platform, row).capabilities:
         raise NotSupportedError(f"store type '{row.type_key}' cannot list what it holds", field="store")
     job = enqueue(

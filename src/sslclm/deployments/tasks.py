@@ -18,7 +18,6 @@ from __future__ import annotations
 import base64
 import contextlib
 import logging
-from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
@@ -37,7 +36,7 @@ from sslclm.deployments.verify import wait_for_fingerprint
 from sslclm.errors import ConnectorError, NotFoundError, SslClmError
 from sslclm.inventory.writer import InventoryWriter, ParsedFile
 from sslclm.jobs.registry import periodic, task
-from sslclm.jobs.steps import Done, Next, StepContext
+from sslclm.jobs.steps import Done, Next, StepContext, Wait
 from sslclm.notifications.events import raise_drift
 from sslclm.pki import compute_fingerprint, load_bundle
 from sslclm.spi.capabilities import Capability
@@ -45,9 +44,9 @@ from sslclm.spi.files import split_certificates
 from sslclm.spi.store import (
     CertificateStore,
     InventoryRequest,
-    ReloadRequest,
     RemoveRequest,
-    StoreEntry,
+    read_entry,
+    reload_if_supported,
 )
 from sslclm.workflows.models import Connection
 
@@ -81,27 +80,6 @@ def fingerprint_of(pem: bytes) -> str:
     return compute_fingerprint(base64.b64decode(body))
 
 
-def read_entry(store: CertificateStore, alias: str) -> StoreEntry | None:
-    """The store's entry under ``alias``: directly when the store can, else by walking its inventory."""
-    direct: Callable[[str], StoreEntry | None] | None = getattr(store, "read_entry", None)
-    if direct is not None:
-        return direct(alias)
-    cursor: str | None = None
-    while True:
-        page = store.inventory(InventoryRequest(cursor=cursor, limit=500))
-        for entry in page.entries:
-            if entry.alias == alias:
-                return entry
-        if page.next_cursor is None or page.next_cursor == cursor:
-            return None
-        cursor = page.next_cursor
-
-
-def _reload(store: CertificateStore) -> None:
-    if Capability.RELOAD in store.capabilities:
-        store.reload(ReloadRequest())
-
-
 def rollback(ctx: StepContext, binding: StoreBinding, store: CertificateStore, *, replaced: bool) -> str:
     """Puts back what the store held before this deployment; returns what was done, for the message."""
     try:
@@ -119,7 +97,7 @@ def rollback(ctx: StepContext, binding: StoreBinding, store: CertificateStore, *
             done = "removed the new entry"
         else:
             done = "nothing to restore"
-        _reload(store)
+        reload_if_supported(store)
     except Exception as exc:  # the rollback failing must not hide why the deployment failed
         log.warning("rollback of binding %s failed: %s", binding.id, exc)
         return f"rollback failed: {getattr(exc, 'message', str(exc))[:300]}"
@@ -127,7 +105,7 @@ def rollback(ctx: StepContext, binding: StoreBinding, store: CertificateStore, *
 
 
 @task(DEPLOY_TASK)
-def start_deploy(ctx: StepContext) -> Next | Done:
+def start_deploy(ctx: StepContext) -> Next | Done | Wait:
     """Writes the history row. A deployment with no endpoint to verify goes on in this same step (one
     commit per deployment instead of three); otherwise the store is touched in the next step."""
     binding = get_binding(ctx.session, int(ctx.payload["binding_id"]))
@@ -145,6 +123,13 @@ def start_deploy(ctx: StepContext) -> Next | Done:
     binding.status = "deploying" if action == "deploy" else binding.status
     binding.updated_at = ctx.now
     ctx.session.flush()
+    # --- stores hosted on an agent: the agent does the work (sslclm.agents.deploy) ---
+    from sslclm.agents.deploy import route_to_agent  # imported here: that module adds steps to this task
+
+    routed = route_to_agent(ctx, binding, deployment.id, action)
+    if routed is not None:
+        return routed
+    # --- end of the agent hook ---
     if action == "deploy" and not binding.verify_host:
         connection, store = _store_of(ctx, binding)
         return _deploy(ctx, binding, connection, store, deployment.id)
@@ -170,7 +155,7 @@ def _deploy(
     added = None
     try:
         added = store.add(request)
-        _reload(store)
+        reload_if_supported(store)
     except Exception as exc:
         # A refused add changed nothing (stores replace atomically); a refused reload needs undoing.
         undone = rollback(ctx, binding, store, replaced=added.replaced) if added else "store unchanged"
@@ -267,7 +252,7 @@ def remove_from_store(ctx: StepContext) -> Done:
     # Already gone (a retried step, or removed by hand): the goal is reached.
     with contextlib.suppress(NotFoundError):
         store.remove(RemoveRequest(alias=binding.alias))
-    _reload(store)
+    reload_if_supported(store)
     binding.status = "undeployed"
     binding.error = None
     binding.last_deployed_fingerprint = None
@@ -347,6 +332,8 @@ def drift_check(ctx: StepContext) -> Next | Done:
         select(StoreBinding, Connection)
         .join(Connection, Connection.id == StoreBinding.store_connection_id)
         .where(StoreBinding.id > after, StoreBinding.status.in_(("deployed", "drifted")))
+        # Stores hosted on agents are read on their host (agents.validate-stores).
+        .where(Connection.agent_id.is_(None), Connection.agent_label.is_(None))
         .order_by(StoreBinding.id)
         .limit(DRIFT_BATCH)
     ).all()

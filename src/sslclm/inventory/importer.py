@@ -1,30 +1,50 @@
 """Importing certificates from files, directories and uploads into the inventory.
 
-Files are parsed in worker processes (parsing is CPU-bound; the database writer is not) and
+Files are parsed in parser processes (parsing is CPU-bound; the database writer is not) and
 written in batches, one transaction per batch of whole files, so an interrupted import never
-leaves a file half-recorded. Memory stays bounded: files are streamed from a directory walk,
-and at most a few batches are in flight.
+leaves a file half-recorded. Memory stays bounded: files are streamed from a directory walk, a
+large PEM bundle is parsed in parts, and at most ``workers + 1`` parser tasks are in flight.
+
+A directory import leaves the policy evaluation of what it inserted to a job
+(``policies.evaluate-written``, one per batch, enqueued in the batch's transaction): the import's
+own time goes to parsing and writing. :func:`import_paths` runs those jobs before it returns
+unless told not to (then a worker, such as the one ``sslclm serve`` embeds, runs them).
 """
 
 from __future__ import annotations
 
+import itertools
+import mmap
+import multiprocessing
 import os
+import sys
+import types
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from sqlalchemy.orm import Session
+
 from sslclm.audit.service import AuditContext, record
-from sslclm.core.db import session_scope
+from sslclm.core.db import SQLITE_CACHE_KIB, session_scope
 from sslclm.core.platform import Platform
-from sslclm.inventory.writer import InventoryWriter, ParsedFile, parse_file_bytes
+from sslclm.inventory.parsing import ParsedFile, Piece, os_reason, parse_file_bytes, parse_path, parse_pieces
+from sslclm.inventory.writer import InventoryWriter
+from sslclm.jobs import TaskRegistry, Worker, default_registry, enqueue
+from sslclm.policies.tasks import EVALUATE_WRITTEN_TASK
 
 # Files per unit of work handed to a parser process: big enough to amortise pickling.
 CHUNK_FILES = 64
-# Input bytes per parser task: about 1,500 certificates of PEM.
+# Input bytes per parser task: about 1,300 certificates of PEM. A larger PEM bundle is split
+# into parts of about this size, so a task's results (and the memory holding them) stay small.
 CHUNK_BYTES = 2 * 1024 * 1024
 # Certificates per database transaction (whole files only).
 BATCH_CERTIFICATES = 2000
+# SQLite page cache while an import writes, in KiB (see _import_page_cache).
+IMPORT_CACHE_KIB = 16384
+_PEM_CERTIFICATE = b"-----BEGIN CERTIFICATE-----"
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,6 +60,8 @@ class ImportSummary:
     updated: int = 0
     keys_stored: int = 0
     rejected: list[Rejection] = field(default_factory=list)
+    # The policy evaluation jobs this import enqueued (see the module's docstring).
+    evaluation_jobs: list[int] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, object]:
         return {
@@ -55,7 +77,7 @@ def _walk(paths: Sequence[Path], rejected: list[Rejection]) -> Iterator[str]:
     for root in paths:
         if root.is_dir():
             for dirpath, dirnames, filenames in os.walk(
-                root, onerror=lambda exc: rejected.append(Rejection(str(exc.filename), _os_reason(exc)))
+                root, onerror=lambda exc: rejected.append(Rejection(str(exc.filename), os_reason(exc)))
             ):
                 dirnames.sort()
                 for name in sorted(filenames):
@@ -66,55 +88,97 @@ def _walk(paths: Sequence[Path], rejected: list[Rejection]) -> Iterator[str]:
             rejected.append(Rejection(str(root), "no such file or directory"))
 
 
-def _os_reason(exc: OSError) -> str:
-    if isinstance(exc, PermissionError):
-        return "unreadable: permission denied"
-    return f"unreadable: {exc.strerror or type(exc).__name__}"
+def pem_parts(path: str, part_bytes: int) -> list[Piece] | None:
+    """A PEM bundle of certificates only, cut at ``BEGIN CERTIFICATE`` lines every ``part_bytes``.
 
-
-def parse_path(path: str, password: str | None, max_bytes: int) -> ParsedFile:
-    """Reads and parses one file; every failure becomes a one-line reason, never an exception."""
+    None when the file is not such a bundle (DER, PKCS#12, keys that must meet their certificate
+    in one parse) or is too small to be worth cutting. Read through ``mmap``: the pages are the
+    page cache's, found with a few ``find`` calls and never copied into this process.
+    """
     try:
-        size = os.stat(path).st_size
-        if size > max_bytes:
-            return ParsedFile(
-                path, error=f"too large: {size / 1e6:.1f} MB exceeds the {max_bytes / 1e6:.0f} MB limit"
-            )
-        with open(path, "rb") as handle:
-            data = handle.read(max_bytes + 1)
-    except OSError as exc:
-        return ParsedFile(path, error=_os_reason(exc))
-    # Rows, not CertificateInfo objects: they cross the process boundary and go straight to the driver.
-    return parse_file_bytes(path, data, password, as_rows=True)
+        with open(path, "rb") as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as data:
+            size = len(data)
+            first = data.find(_PEM_CERTIFICATE)
+            if size <= part_bytes or first < 0 or data[:first].strip():
+                return None
+            if data.find(b"PRIVATE KEY") >= 0 or data.find(b"-----BEGIN PKCS7") >= 0:
+                return None
+            cuts = [0]
+            while True:
+                cut = data.find(_PEM_CERTIFICATE, cuts[-1] + part_bytes)
+                if cut < 0 or size - cut < part_bytes // 4:
+                    break  # a small tail stays with the part before it
+                cuts.append(cut)
+    except (OSError, ValueError):
+        return None  # unreadable or empty: parsed whole, which reports why
+    if len(cuts) == 1:
+        return None
+    bounds = [*cuts, size]
+    return [
+        Piece(path, start, stop, last=index == len(cuts) - 1)
+        for index, (start, stop) in enumerate(itertools.pairwise(bounds))
+    ]
 
 
-def _parse_chunk(chunk: list[str], password: str | None, max_bytes: int) -> list[ParsedFile]:
-    return [parse_path(path, password, max_bytes) for path in chunk]
-
-
-def _chunks(items: Iterable[str], size: int, max_bytes: int = CHUNK_BYTES) -> Iterator[list[str]]:
+def _tasks(paths: Iterable[str], size: int, max_file_bytes: int) -> Iterator[list[Piece]]:
     """Groups files into parser tasks of at most ``size`` files and about ``max_bytes`` of input.
 
-    Sized by bytes as well as by count: one large bundle is a task of its own, so a task's results
-    (and the memory holding them) stay small whatever the files look like, and both cores get work.
+    Sized by bytes as well as by count: a large file is a task of its own, and a large PEM bundle
+    is several, so a task's results stay small whatever the files look like and both cores get work.
     """
-    chunk: list[str] = []
+    max_bytes = CHUNK_BYTES
+    chunk: list[Piece] = []
     chunk_bytes = 0
-    for item in items:
+    for path in paths:
         try:
-            item_bytes = os.stat(item).st_size
+            item_bytes = os.stat(path).st_size
         except OSError:
             item_bytes = 0  # the parser reports why it cannot be read
+        parts = pem_parts(path, max_bytes) if max_bytes < item_bytes <= max_file_bytes else None
+        if parts is not None:
+            if chunk:
+                yield chunk
+                chunk, chunk_bytes = [], 0
+            yield from ([part] for part in parts)
+            continue
         if chunk and chunk_bytes + item_bytes > max_bytes:
             yield chunk
             chunk, chunk_bytes = [], 0
-        chunk.append(item)
+        chunk.append(Piece(path))
         chunk_bytes += item_bytes
         if len(chunk) >= size:
             yield chunk
             chunk, chunk_bytes = [], 0
     if chunk:
         yield chunk
+
+
+def _joined(
+    results: Iterable[tuple[Piece, ParsedFile]], password: str | None, max_bytes: int
+) -> Iterator[ParsedFile]:
+    """Files whole again: the parts of a bundle come one after another and are joined.
+
+    A part that fails makes the whole file fail; it is then parsed once more in one piece here
+    (rare), so the reason is the one the whole file gives (block numbers count from its start).
+    """
+    parts: list[ParsedFile] = []
+    for piece, parsed in results:
+        if piece.whole:
+            yield parsed
+            continue
+        parts.append(parsed)
+        if not piece.last:
+            continue
+        if any(part.error is not None for part in parts):
+            yield parse_path(piece.path, password, max_bytes)
+        else:
+            yield ParsedFile(
+                piece.path,
+                keys=[key for part in parts for key in part.keys],
+                format=parts[0].format,
+                rows=[row for part in parts for row in part.rows],
+            )
+        parts = []
 
 
 def _parsed_files(
@@ -124,17 +188,47 @@ def _parsed_files(
         for path in files:
             yield parse_path(path, password, max_bytes)
         return
-    with ProcessPoolExecutor(max_workers=workers) as pool:
-        pending: list[object] = []
-        chunk_iter = _chunks(files, CHUNK_FILES)
-        # Keep a bounded window of chunks in flight so memory does not grow with the corpus.
-        window = workers * 2
-        for chunk in chunk_iter:
-            pending.append(pool.submit(_parse_chunk, chunk, password, max_bytes))
+    yield from _joined(_pooled(files, password, max_bytes, workers), password, max_bytes)
+
+
+@contextmanager
+def _main_module_hidden() -> Iterator[None]:
+    """Starts processes without telling them this program's main module.
+
+    A forkserver (or spawn) child imports the parent's ``__main__`` module before its first task,
+    which for ``sslclm`` means the whole command line and web stack, some 50 MB per parser that
+    parsing never uses. A stand-in ``__main__`` with no file or spec is what it is told instead.
+    """
+    main = sys.modules["__main__"]
+    sys.modules["__main__"] = types.ModuleType("__main__")
+    try:
+        yield
+    finally:
+        sys.modules["__main__"] = main
+
+
+def _pooled(
+    files: Iterable[str], password: str | None, max_bytes: int, workers: int
+) -> Iterator[tuple[Piece, ParsedFile]]:
+    # forkserver: a parser starts from a small server process that has imported only the parsing
+    # module, not as a copy of this one (its database pools, caches and whatever else it holds).
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(["sslclm.inventory.parsing"])
+    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+        pending: list[tuple[list[Piece], Future[list[ParsedFile]]]] = []
+        # One task per parser plus one queued: each parser has its next task ready, and no more
+        # results wait in this process than the writer is about to take.
+        window = workers + 1
+        for task in _tasks(files, CHUNK_FILES, max_bytes):
+            # The pool starts its parsers inside submit(), whenever none is idle.
+            with _main_module_hidden():
+                future = pool.submit(parse_pieces, task, password, max_bytes)
+            pending.append((task, future))
             if len(pending) >= window:
-                yield from pending.pop(0).result()  # type: ignore[attr-defined]
-        for future in pending:
-            yield from future.result()  # type: ignore[attr-defined]
+                done, future = pending.pop(0)
+                yield from zip(done, future.result(), strict=True)
+        for done, future in pending:
+            yield from zip(done, future.result(), strict=True)
 
 
 def default_workers() -> int:
@@ -150,14 +244,34 @@ def import_paths(
     source: str = "import",
     progress: Callable[[int], None] | None = None,
     workers: int | None = None,
+    evaluate: bool = True,
 ) -> ImportSummary:
-    """Imports every certificate found under ``paths``; rejected files are listed with a reason."""
+    """Imports every certificate found under ``paths``; rejected files are listed with a reason.
+
+    The new certificates' policy evaluation is queued as jobs; with ``evaluate`` (the default)
+    they are run here before returning, so the violations are current when the import is done.
+    """
     summary = ImportSummary()
     files = _walk(paths, summary.rejected)
     max_bytes = platform.settings.max_upload_bytes
     parsed = _parsed_files(files, password, max_bytes, workers if workers is not None else default_workers())
-    _write(platform, parsed, ctx, summary, source=source, sighting_kind="file", progress=progress)
+    _write(platform, parsed, ctx, summary, source=source, sighting_kind="file", progress=progress, defer=True)
+    if evaluate and summary.evaluation_jobs:
+        run_evaluations(platform)
     return summary
+
+
+def run_evaluations(platform: Platform) -> None:
+    """Runs queued import evaluations (this import's and any other's) here until none is ready.
+
+    Another worker (``sslclm serve``'s, say) may hold some of them meanwhile: those finish there.
+    A job that fails is left to its retries, as under any worker.
+    """
+    registry = TaskRegistry()
+    registry.add(default_registry.get(EVALUATE_WRITTEN_TASK))
+    Worker(
+        platform, registry=registry, concurrency=1, poll_interval=0.05, name=f"import:{os.getpid()}"
+    ).run_until_idle()
 
 
 def import_bytes(
@@ -185,17 +299,31 @@ def _write(
     source: str,
     sighting_kind: str,
     progress: Callable[[int], None] | None = None,
+    defer: bool = False,
 ) -> None:
-    writer = InventoryWriter(platform, source=source, sighting_kind=sighting_kind)
+    writer = InventoryWriter(
+        platform, source=source, sighting_kind=sighting_kind, evaluate_policies=not defer
+    )
     batch: list[ParsedFile] = []
     batch_certs = 0
+    # The import's first new id: certificates below it were there before (see the evaluation job).
+    first_new: int | None = None
 
     def flush() -> None:
-        nonlocal batch, batch_certs
+        nonlocal batch, batch_certs, first_new
         if not batch:
             return
-        with session_scope(platform.sessions) as session:
+        with session_scope(platform.sessions) as session, _import_page_cache(session):
             result = writer.write(session, batch)
+            if defer and result.new_ids:
+                first_new = first_new or min(result.new_ids)
+                job = enqueue(
+                    session,
+                    EVALUATE_WRITTEN_TASK,
+                    {"ranges": id_ranges(result.new_ids), "older_than": first_new},
+                    now=platform.clock(),
+                )
+                summary.evaluation_jobs.append(job.id)
             # Audited per batch, in the batch's own transaction: what is recorded was written.
             record(
                 session,
@@ -231,3 +359,34 @@ def _write(
         if batch_certs >= BATCH_CERTIFICATES:
             flush()
     flush()
+
+
+@contextmanager
+def _import_page_cache(session: Session) -> Iterator[None]:
+    """A smaller SQLite page cache while a batch is written, the usual one afterwards.
+
+    A batch touches index pages all over the file (fingerprints and keys are random): a large
+    cache gains it little (the pages come from the OS's cache) but costs the importing process
+    its full size in memory, measured at 60 MB less with no slower import.
+    """
+    connection = session.connection()
+    sqlite = connection.dialect.name == "sqlite"
+    if sqlite:
+        connection.exec_driver_sql(f"PRAGMA cache_size=-{IMPORT_CACHE_KIB}")
+    try:
+        yield
+    finally:
+        if sqlite:
+            connection.exec_driver_sql(f"PRAGMA cache_size=-{SQLITE_CACHE_KIB}")
+
+
+def id_ranges(ids: Iterable[int]) -> list[list[int]]:
+    """``ids`` as ``[after, last]`` runs (``after < id <= last``): one run for a batch's usual
+    consecutive ids, a few when a concurrent writer took ids in between."""
+    runs: list[list[int]] = []
+    for value in sorted(ids):
+        if runs and value == runs[-1][1] + 1:
+            runs[-1][1] = value
+        else:
+            runs.append([value - 1, value])
+    return runs

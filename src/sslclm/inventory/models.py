@@ -88,6 +88,13 @@ class Certificate(Base):
         Index("ix_certificates_owner_id", "owner", "id"),
         Index("ix_certificates_team_id", "team", "id"),
         Index("ix_certificates_updated_at_id", "updated_at", "id"),
+        # Free-text search on PostgreSQL (pg_trgm, migration 0014); SQLite has an FTS5 table instead.
+        Index(
+            "ix_certificates_search_text_trgm",
+            "search_text",
+            postgresql_using="gin",
+            postgresql_ops={"search_text": "gin_trgm_ops"},
+        ).ddl_if(dialect="postgresql"),
     )
 
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -17,7 +19,10 @@ from typing import Any
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, field_validator
-from sqlalchemy import ColumnElement, Select, and_, exists, func, or_, select
+from sqlalchemy import ColumnElement, Select, and_, exists, func, or_, select, text
+from sqlalchemy import column as sql_column
+from sqlalchemy import table as sql_table
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import KeyedColumnElement
 
@@ -167,12 +172,99 @@ def _like(text: str) -> str:
     return f"%{escaped}%"
 
 
-def filter_conditions(flt: CertificateFilter, now: datetime, window: timedelta) -> list[ColumnElement[bool]]:
+# SQLite's trigram index over ``search_text`` (migration 0014), kept in step by triggers.
+_SEARCH = sql_table("certificates_search", sql_column("rowid"), sql_column("certificates_search"))
+# The trigram tokenizer indexes three-character slices: shorter terms cannot be looked up.
+MIN_INDEXED_TERM = 3
+# Beyond this many matches a term is common: walking the sort order fills a page sooner than
+# collecting (and sorting) every match from the index would.
+COMMON_TERM_MATCHES = 5000
+
+
+def text_condition(session: Session, q: str) -> ColumnElement[bool]:
+    """Case-insensitive substring match of ``q`` in ``search_text``, through the trigram index.
+
+    PostgreSQL's ``pg_trgm`` GIN index serves ``LIKE '%q%'`` as written (its planner weighs it
+    against the sort order's index). On SQLite the FTS5 table answers a phrase query (the quoted
+    term: that exact run of characters, anywhere in the text). A term the index finds in more
+    than ``COMMON_TERM_MATCHES`` rows, and a term under three characters (which has no trigram),
+    keep the ``LIKE`` filter: it walks the sort order's index and stops when the page is full,
+    which is quick precisely because such terms match many rows.
+    """
+    term = q.lower()
+    like = Certificate.search_text.like(_like(term), escape="\\")
+    if session.get_bind().dialect.name != "sqlite" or len(term) < MIN_INDEXED_TERM:
+        return like
+    phrase = '"' + term.replace('"', '""') + '"'
+    matching = select(_SEARCH.c.rowid).where(_SEARCH.c.certificates_search.op("MATCH")(phrase))
+    probe = select(func.count()).select_from(matching.limit(COMMON_TERM_MATCHES + 1).subquery())
+    if session.connection().execute(probe).scalar_one() > COMMON_TERM_MATCHES:
+        return like
+    return Certificate.id.in_(matching.scalar_subquery())
+
+
+# How long a search for a term under three characters may scan before it gives up: such a term has
+# no trigram, so when it matches few rows the scan would read the whole inventory.
+SHORT_TERM_SECONDS = 2.0
+SHORT_TERM_MESSAGE = (
+    "q: a term of {n} character(s) cannot use the search index and matches too few certificates to "
+    "find them quickly; type at least 3 characters"
+)
+
+
+@contextlib.contextmanager
+def _bounded_scan(session: Session, q: str | None) -> Iterator[None]:
+    """Stops the statements run inside after ``SHORT_TERM_SECONDS`` when ``q`` is a short term.
+
+    The outcome is exact or a clear 422, never a partial page. SQLite's progress handler aborts the
+    statement; PostgreSQL's ``statement_timeout`` does, inside a savepoint so the request's
+    transaction stays usable.
+    """
+    if not q or len(q) >= MIN_INDEXED_TERM:
+        yield
+        return
+    refused = InvalidInputError(SHORT_TERM_MESSAGE.format(n=len(q)), field="q")
+    connection = session.connection()
+    if connection.dialect.name == "sqlite":
+        raw = connection.connection.dbapi_connection
+        deadline = time.monotonic() + SHORT_TERM_SECONDS
+        # Called every 10,000 virtual machine steps; a true answer interrupts the statement.
+        raw.set_progress_handler(lambda: time.monotonic() > deadline, 10_000)  # type: ignore[union-attr]
+        try:
+            yield
+        except OperationalError as exc:
+            if "interrupted" in str(exc.orig):
+                raise refused from None
+            raise
+        finally:
+            raw.set_progress_handler(None, 0)  # type: ignore[union-attr]
+        return
+    # On the connection: rolling back to it also undoes the SET LOCAL.
+    savepoint = connection.begin_nested()
+    try:
+        connection.execute(text(f"SET LOCAL statement_timeout = {int(SHORT_TERM_SECONDS * 1000)}"))
+        yield
+    except OperationalError as exc:
+        savepoint.rollback()
+        if getattr(exc.orig, "sqlstate", None) == "57014":  # query_canceled
+            raise refused from None
+        raise
+    except BaseException:
+        savepoint.rollback()
+        raise
+    else:
+        connection.execute(text("SET LOCAL statement_timeout TO DEFAULT"))
+        savepoint.commit()
+
+
+def filter_conditions(
+    session: Session, flt: CertificateFilter, now: datetime, window: timedelta
+) -> list[ColumnElement[bool]]:
     conds: list[ColumnElement[bool]] = []
     if not flt.include_archived:
         conds.append(Certificate.archived_at.is_(None))
     if flt.q:
-        conds.append(Certificate.search_text.like(_like(flt.q), escape="\\"))
+        conds.append(text_condition(session, flt.q))
     if flt.status:
         conds.append(or_(*(status_condition(s, now, window) for s in flt.status)))
     if flt.expires_after is not None:
@@ -283,7 +375,7 @@ def build_select(
 ) -> Select[Any]:
     column = _sort_column(sort)
     stmt = select(*columns).join(Issuer, Issuer.id == Certificate.issuer_id)
-    conds = filter_conditions(flt, now, window)
+    conds = filter_conditions(session, flt, now, window)
     if cursor:
         nulls_smallest = session.get_bind().dialect.name != "postgresql"
         conds.append(_after_cursor(column, Cursor.decode(cursor, sort, descending), nulls_smallest))
@@ -346,7 +438,13 @@ def list_certificates(
     cursor: str | None = None,
     now: datetime,
     expiring_days: int,
+    bounded: bool = True,
 ) -> Page:
+    """One page of matching certificates.
+
+    ``bounded``: a short search term's scan gives up after ``SHORT_TERM_SECONDS`` (interactive
+    listing); exports, which stream every page anyway, pass False and wait for the scan.
+    """
     if not 1 <= limit <= MAX_PAGE:
         raise InvalidInputError(f"limit must be between 1 and {MAX_PAGE}", field="limit")
     window = timedelta(days=expiring_days)
@@ -361,7 +459,8 @@ def list_certificates(
         columns=(*SUMMARY_COLUMNS, HAS_TAGS),
     )
     # Core on the session's connection: the rows are plain tuples, the ORM's loading adds nothing here.
-    rows = session.connection().execute(stmt.limit(limit + 1)).all()
+    with _bounded_scan(session, flt.q if bounded else None):
+        rows = session.connection().execute(stmt.limit(limit + 1)).all()
     more = len(rows) > limit
     rows = rows[:limit]
     tagged = [row.id for row in rows if row.has_tags]
@@ -397,6 +496,7 @@ def iter_certificates(
             cursor=cursor,
             now=now,
             expiring_days=expiring_days,
+            bounded=False,
         )
         yield from page.items
         if page.next_cursor is None:
@@ -421,10 +521,17 @@ def count_by(
     session: Session, field: str, flt: CertificateFilter, *, now: datetime, expiring_days: int
 ) -> list[dict[str, Any]]:
     """Counts of matching certificates grouped by ``field`` (or by status), largest first."""
+    with _bounded_scan(session, flt.q):
+        return _count_by(session, field, flt, now=now, expiring_days=expiring_days)
+
+
+def _count_by(
+    session: Session, field: str, flt: CertificateFilter, *, now: datetime, expiring_days: int
+) -> list[dict[str, Any]]:
     if field == "issuer" and not flt.model_dump(exclude={"include_archived"}, exclude_defaults=True):
         return _maintained_issuer_counts(session, include_archived=flt.include_archived)
     window = timedelta(days=expiring_days)
-    conds = filter_conditions(flt, now, window)
+    conds = filter_conditions(session, flt, now, window)
     if field == "status":
         counts = []
         for status in Status:

@@ -4,126 +4,51 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-import orjson
 from sqlalchemy import select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from sslclm.core.platform import Platform
-from sslclm.errors import SslClmError
 from sslclm.inventory.bulk import ids_by_fingerprint, insert_certificates, stored_datetime, upsert_sightings
 from sslclm.inventory.models import Certificate, Issuer, PrivateKey
-from sslclm.pki import (
-    CertificateInfo,
-    load_bundle,
-    match_private_keys,
-    private_key_to_pkcs8_der,
-    public_key_sha256,
+from sslclm.inventory.parsing import (
+    ROW_ISSUER,
+    CertificateRow,
+    ParsedFile,
+    certificate_row,
+    parse_file_bytes,
+    search_text,
 )
 from sslclm.policies.incremental import certificates_written
 
+# Parsing lives in sslclm.inventory.parsing (parser processes import only it); callers import
+# these names from here too.
+__all__ = [
+    "ROW_ISSUER",
+    "CertificateRow",
+    "InventoryWriter",
+    "ParsedFile",
+    "WriteResult",
+    "certificate_row",
+    "common_name_of",
+    "issuer_hash",
+    "parse_file_bytes",
+    "private_key_aad",
+    "search_text",
+]
+
 # Keeps IN (...) lists well under every backend's bound-parameter limit.
 IN_CHUNK = 900
-
-# A certificate as a plain tuple, in the column order of ``bulk.CERTIFICATE_COLUMNS`` up to
-# ``search_text``, with the issuer's DN where the issuer id goes, datetimes as stored text and
-# JSON columns serialised: what a parser process sends back (a tuple pickles several times
-# faster than a slotted dataclass) and what the bulk insert needs, less the per-import values.
-CertificateRow = tuple[Any, ...]
-ROW_ISSUER = 5
-
-
-@dataclass(slots=True)
-class ParsedFile:
-    """One file's certificates and the private keys that match them; or why it was rejected.
-
-    Certificates come either as :class:`CertificateInfo` objects (``certificates``) or, from the
-    importer's parser processes, already as rows (``rows``); the writer takes both.
-    """
-
-    path: str
-    certificates: list[CertificateInfo] = field(default_factory=list)
-    keys: list[tuple[str, bytes]] = field(default_factory=list)  # (public key SHA-256, PKCS#8 DER)
-    error: str | None = None
-    format: str | None = None
-    rows: list[CertificateRow] = field(default_factory=list)
-
-    @property
-    def count(self) -> int:
-        return len(self.certificates) + len(self.rows)
-
-
-def parse_file_bytes(path: str, data: bytes, password: str | None, *, as_rows: bool = False) -> ParsedFile:
-    """Parses one file; with ``as_rows`` its certificates come back as rows ready to insert."""
-    try:
-        bundle = load_bundle(data, password=password, filename=path)
-        infos = bundle.infos()
-        matched = match_private_keys(bundle.certificates, bundle.private_keys) if bundle.private_keys else {}
-        keys = []
-        for key in {id(k): k for k in matched.values()}.values():
-            keys.append((public_key_sha256(key), private_key_to_pkcs8_der(key)))
-    except SslClmError as exc:
-        # The reason is reported beside the path; pki's messages may already start with it.
-        return ParsedFile(path, error=exc.message.removeprefix(f"{path}: "))
-    except (ValueError, TypeError) as exc:
-        return ParsedFile(path, error=f"unparseable: {type(exc).__name__}: {str(exc)[:200]}")
-    if not infos:
-        return ParsedFile(path, error="no certificate found in the file")
-    if as_rows:
-        return ParsedFile(path, keys=keys, format=bundle.format, rows=[certificate_row(i) for i in infos])
-    return ParsedFile(path, infos, keys, format=bundle.format)
-
-
-def _json(values: Sequence[str]) -> str:
-    return orjson.dumps(list(values)).decode()
-
-
-def certificate_row(info: CertificateInfo) -> CertificateRow:
-    """``info`` as a :data:`CertificateRow`."""
-    return (
-        info.fingerprint_sha256,
-        info.fingerprint_sha1,
-        info.serial,
-        info.subject,
-        info.common_name,
-        info.issuer,
-        stored_datetime(info.not_before),
-        stored_datetime(info.not_after),
-        info.key_algorithm,
-        info.key_size,
-        info.key_curve,
-        info.signature_algorithm,
-        _json(info.sans),
-        _json(info.key_usage),
-        _json(info.extended_key_usage),
-        info.is_ca,
-        info.path_length,
-        info.authority_key_id,
-        info.subject_key_id,
-        _json(info.crl_distribution_points),
-        _json(info.ocsp_urls),
-        _json(info.ca_issuer_urls),
-        info.self_signed,
-        info.public_key_sha256,
-        info.der,
-        search_text(info),
-    )
 
 
 def _rows_of(parsed: ParsedFile) -> Iterable[CertificateRow]:
     yield from parsed.rows
     for info in parsed.certificates:
         yield certificate_row(info)
-
-
-def search_text(info: CertificateInfo) -> str:
-    parts = [info.common_name or "", info.subject, info.issuer, info.serial, info.fingerprint_sha256]
-    parts.extend(san.split(":", 1)[-1] for san in info.sans)
-    return "\n".join(parts).lower()
 
 
 def issuer_hash(dn: str) -> str:
@@ -214,23 +139,28 @@ class InventoryWriter:
         for chunk in _chunked(existing):
             session.execute(update(Certificate).where(Certificate.id.in_(chunk)).values(updated_at=now))
 
-        self._record_sightings(session, locations, ids, stamp)
-        keys_stored = self._store_keys(session, files, now)
         new_ids = tuple(ids[row[0]] for row in new_rows)
+        self._record_sightings(session, locations, ids, stamp, new_ids)
+        keys_stored = self._store_keys(session, files, now)
         if self.evaluate_policies and new_ids:
             # Facts of certificates already stored do not change on a re-import: only new ones.
             certificates_written(session, new_ids, now=now)
         return WriteResult(len(new_rows), len(existing), keys_stored, ids, new_ids)
 
     def _record_sightings(
-        self, session: Session, locations: list[tuple[str, str]], ids: dict[str, int], stamp: str
+        self,
+        session: Session,
+        locations: list[tuple[str, str]],
+        ids: dict[str, int],
+        stamp: str,
+        new_ids: Sequence[int],
     ) -> None:
         # One row per (certificate, location): ON CONFLICT may not touch the same row twice.
         rows = {
             (ids[fp], path): (ids[fp], self.sighting_kind, path, self.source, "{}", stamp, stamp)
             for fp, path in locations
         }
-        upsert_sightings(session, list(rows.values()))
+        upsert_sightings(session, list(rows.values()), set(new_ids))
 
     def _store_keys(self, session: Session, files: Sequence[ParsedFile], now: datetime) -> int:
         keys = {pub: der for parsed in files for pub, der in parsed.keys}

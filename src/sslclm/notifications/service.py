@@ -31,7 +31,7 @@ from sslclm.jobs.sql import insert_ignoring_conflict
 from sslclm.notifications import events as kinds
 from sslclm.notifications.models import NotificationEvent, NotificationLog, NotificationRule
 from sslclm.policies.checks import SEVERITY_RANK, Severity
-from sslclm.policies.models import PolicyViolation
+from sslclm.policies.models import PolicyViolation, severe_condition
 from sslclm.spi.capabilities import ConnectorKind
 from sslclm.spi.notify import Notification
 from sslclm.spi.notify import Severity as NoticeSeverity
@@ -173,6 +173,7 @@ def _critical(session: Session, rule: NotificationRule, now: datetime) -> list[E
         .join(Certificate, Certificate.id == PolicyViolation.certificate_id)
         .where(
             PolicyViolation.severity_rank >= SEVERITY_RANK[Severity.CRITICAL],
+            severe_condition(),  # lets the planner use the partial severity index
             PolicyViolation.exemption_id.is_(None),
         )
     )

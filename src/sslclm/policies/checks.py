@@ -8,11 +8,11 @@ the inventory; facts a check needs but the input lacks (no sighting yet, say) ma
 from __future__ import annotations
 
 import fnmatch
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import MISSING, dataclass, field, fields
 from datetime import UTC, date, datetime, timedelta
 from enum import StrEnum
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -66,6 +66,8 @@ class PolicyInput:
     untrusted_endpoints: int | None = None
     hostname_mismatches: int | None = None
     enrollment: bool = False
+    # The certificate itself, read only when an active policy set has a check that needs it.
+    der: bytes | None = None
 
     @property
     def dns_names(self) -> tuple[str, ...]:
@@ -93,6 +95,29 @@ def fast_input(**values: Any) -> PolicyInput:
     return item
 
 
+def input_builder(names: Sequence[str]) -> Callable[..., PolicyInput]:
+    """A positional :func:`fast_input` for the fields ``names``, in that order (the others take
+    their defaults): the names are checked once here, not for each of a million inputs."""
+    setters = dict(_INPUT_SETTERS)
+    unknown = sorted(set(names) - set(setters))
+    missing = sorted(set(setters) - set(names) - set(_INPUT_DEFAULTS))
+    if unknown or missing or len(set(names)) != len(names):
+        raise TypeError(f"PolicyInput: unknown fields {unknown}, missing fields {missing}, or repeated")
+    given = tuple(setters[name] for name in names)
+    defaults = tuple((setter, _INPUT_DEFAULTS[name]) for name, setter in _INPUT_SETTERS if name not in names)
+    new = object.__new__
+
+    def build(*values: Any) -> PolicyInput:
+        item = new(PolicyInput)
+        for setter, value in zip(given, values, strict=True):
+            setter(item, value)
+        for setter, value in defaults:
+            setter(item, value)
+        return item
+
+    return build
+
+
 @dataclass(frozen=True, slots=True)
 class Violation:
     check: str
@@ -116,17 +141,23 @@ class CheckType:
     severity: Severity
     description: str
     time_dependent: bool = False
+    needs_der: bool = False  # reads PolicyInput.der, which is fetched only for such checks
 
 
 CHECKS: dict[str, CheckType] = {}
 
 
 def _register(
-    name: str, params: type[Params], severity: Severity, *, time_dependent: bool = False
+    name: str,
+    params: type[Params],
+    severity: Severity,
+    *,
+    time_dependent: bool = False,
+    needs_der: bool = False,
 ) -> Callable[[CheckFunction], CheckFunction]:
     def wrap(function: CheckFunction) -> CheckFunction:
         doc = (function.__doc__ or name).strip().splitlines()[0]
-        CHECKS[name] = CheckType(name, function, params, severity, doc, time_dependent)
+        CHECKS[name] = CheckType(name, function, params, severity, doc, time_dependent, needs_der)
         return function
 
     return wrap
@@ -445,6 +476,32 @@ def check_endpoint_trust(item: PolicyInput, params: Params, now: datetime) -> Vi
             "endpoint-trust", Severity.HIGH, f"hostname mismatch on {item.hostname_mismatches} endpoint(s)"
         )
     return None
+
+
+# ---- CA/Browser Forum lints ------------------------------------------------------------------------
+
+
+class LintParams(Params):
+    min_severity: Literal["info", "notice", "warning", "error", "fatal"] = "error"
+    ignore: list[str] = Field(default_factory=list)  # finding codes accepted as they are
+
+
+@_register("cabf-lint", LintParams, Severity.MEDIUM, needs_der=True)
+def check_cabf_lint(item: PolicyInput, params: LintParams, now: datetime) -> Violation | None:
+    """CA/Browser Forum TLS Baseline Requirements lints (pkilint) of server certificates."""
+    if item.der is None or item.is_ca or "serverAuth" not in item.extended_key_usage:
+        return None
+    # Imported here: pkilint loads hundreds of validators, which only policies using it should pay for.
+    from sslclm.policies.lints import lint_serverauth
+
+    ignored = set(params.ignore)
+    findings = [f for f in lint_serverauth(item.der, params.min_severity) if f.code not in ignored]
+    if not findings:
+        return None
+    # The reason is what the violation stores and shows: the codes name what to fix.
+    codes = sorted({f"{f.code} ({f.severity})" for f in findings})
+    shown = ", ".join(codes[:10]) + (f" and {len(codes) - 10} more" if len(codes) > 10 else "")
+    return _v("cabf-lint", Severity.MEDIUM, f"{len(findings)} CA/Browser Forum lint finding(s): {shown}")
 
 
 def validate_params(check: str, raw: Mapping[str, Any] | None) -> Params:

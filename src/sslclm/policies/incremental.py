@@ -8,15 +8,18 @@ whose verdict may have changed:
 - a scan batch changed what endpoints serve: the certificates served now and those served before;
 - time passed: certificates whose ``not_after`` crossed an expiry window (or the risk formula's
   steps), whose ``not_before`` passed while flagged not yet valid, and those an exemption that has
-  just expired was covering. They are found by ranges on indexed columns, never by a scan.
+  just expired was covering. They are found by ranges on indexed columns, never by a scan;
+- an exemption granted or withdrawn: the certificates with a violation it covers
+  (:func:`covered`, walked in violation id order, by the request or by a job when they are many).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
+from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import and_, select, true
 from sqlalchemy.orm import Session
 
 from sslclm.inventory.models import Certificate
@@ -30,6 +33,8 @@ from sslclm.policies.revocation import register_distribution_points
 # Steps of the risk formula's expiry term (see sslclm.policies.risk).
 RISK_STEPS = (timedelta(0), timedelta(days=7), timedelta(days=30))
 TIME_CLOCK = "time"
+# When a policy set last changed: a full walk that began before it starts over (see tasks).
+POLICIES_CLOCK = "policies-changed"
 _WRITTEN_SQL = "SELECT public_key_sha256, crl_distribution_points FROM certificates WHERE "
 
 
@@ -132,3 +137,36 @@ def evaluate_elapsed(session: Session, *, since: datetime, now: datetime) -> Eva
     stats = evaluate_certificates(session, ids_changed_by_time(session, since, now), now=now)
     set_clock(session, now)
     return stats
+
+
+def covered_condition(certificate_id: int | None, policy: str | None, check: str | None) -> Any:
+    """The stored violations an exemption on these (None: any) would cover."""
+    terms = [
+        column == value
+        for column, value in (
+            (PolicyViolation.certificate_id, certificate_id),
+            (PolicyViolation.policy, policy),
+            (PolicyViolation.check, check),
+        )
+        if value is not None
+    ]
+    return and_(true(), *terms)
+
+
+def covered(session: Session, condition: Any, *, after_id: int, limit: int) -> list[tuple[int, int]]:
+    """``(violation id, certificate id)`` of the next ``limit`` violations after the violation
+    ``after_id`` that match ``condition``, in id order.
+
+    Keyset by violation id, so each call reads ``limit`` entries of the (policy, id), (check, id)
+    or (certificate, policy, check) index, however many match in all. Re-evaluating a certificate
+    rewrites only violations that changed, so a walk ends.
+    """
+    return [
+        (vid, cid)
+        for vid, cid in session.execute(
+            select(PolicyViolation.id, PolicyViolation.certificate_id)
+            .where(condition, PolicyViolation.id > after_id)
+            .order_by(PolicyViolation.id)
+            .limit(limit)
+        )
+    ]

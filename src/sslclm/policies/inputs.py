@@ -15,7 +15,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from sslclm.inventory.models import Certificate, Issuer
-from sslclm.policies.checks import PolicyInput, fast_input
+from sslclm.policies.checks import PolicyInput, input_builder
 from sslclm.policies.driver import Driver, Ids
 
 INPUT_COLUMNS = (
@@ -47,6 +47,7 @@ _INPUT_SQL = (
     + " FROM certificates JOIN issuers ON issuers.id = certificates.issuer_id"
     " WHERE certificates.archived_at IS NULL AND "
 )
+_DER_SQL = "SELECT id, der FROM certificates WHERE "
 _TAGS_SQL = "SELECT certificate_id, tag FROM certificate_tags WHERE "
 _PROFILES_SQL = (
     "SELECT issuances.certificate_id, profiles.name FROM issuances"
@@ -110,6 +111,39 @@ def load_inputs(session: Session, rows: Sequence[Any]) -> list[PolicyInput]:
     return build_inputs(Driver(session), rows, [row[0] for row in rows], decoded=True)
 
 
+# The fields build_inputs passes, in its order (positional: keyword arguments for 25 fields cost
+# more per input than several of the checks).
+_BUILD = input_builder(
+    (
+        "certificate_id",
+        "not_before",
+        "not_after",
+        "key_algorithm",
+        "key_size",
+        "key_curve",
+        "signature_algorithm",
+        "sans",
+        "common_name",
+        "extended_key_usage",
+        "issuer",
+        "self_signed",
+        "is_ca",
+        "revoked",
+        "public_key_sha256",
+        "owner",
+        "team",
+        "environment",
+        "profile",
+        "tags",
+        "key_shared_with",
+        "endpoints",
+        "min_tls_version",
+        "untrusted_endpoints",
+        "hostname_mismatches",
+    )
+)
+
+
 def _same(value: Any) -> Any:
     return value
 
@@ -121,12 +155,14 @@ def build_inputs(
     *,
     decoded: bool = False,
     keys: dict[str, int] | None = None,
+    with_der: bool = False,
 ) -> list[PolicyInput]:
     """Policy inputs for certificate rows, with tags, profile, endpoints and key reuse.
 
     ``ids`` selects at least the rows' certificates (facts of others it covers are ignored);
     ``decoded`` says the rows already hold Python values rather than what the driver returns;
-    ``keys`` is :func:`shared_keys` when the caller has it (looked up per batch otherwise).
+    ``keys`` is :func:`shared_keys` when the caller has it (looked up per batch otherwise);
+    ``with_der`` adds each certificate's DER, for checks that read the certificate itself.
     """
     tags: dict[int, set[str]] = {}
     profiles: dict[int, str] = {}
@@ -142,6 +178,7 @@ def build_inputs(
         keys = key_counts_with(driver, {row[PUBLIC_KEY] for row in rows})
     timestamp: Callable[[Any], Any] = _same if decoded else driver.timestamp
     json: Callable[[Any], Any] = _same if decoded else driver.json
+    make = _BUILD
     inputs = []
     # Rows unpacked by position: attribute access by name costs more than the checks themselves.
     for (
@@ -169,32 +206,50 @@ def build_inputs(
         sans = json(sans)
         eku = json(eku)
         inputs.append(
-            fast_input(
-                certificate_id=cid,
-                not_before=timestamp(not_before),  # aware UTC, as UTCDateTime returns it
-                not_after=timestamp(not_after),
-                key_algorithm=key_algorithm,
-                key_size=key_size,
-                key_curve=key_curve,
-                signature_algorithm=signature_algorithm,
-                sans=tuple(sans) if sans else (),
-                common_name=common_name,
-                extended_key_usage=tuple(eku) if eku else (),
-                issuer=issuer,
-                self_signed=bool(self_signed),
-                is_ca=bool(is_ca),
-                revoked=revoked_at is not None,
-                public_key_sha256=public_key,
-                owner=owner,
-                team=team,
-                environment=environment,
-                profile=profiles.get(cid),
-                tags=frozenset(cert_tags) if cert_tags else NO_TAGS,
-                key_shared_with=max(keys.get(public_key, 1) - 1, 0),
-                endpoints=endpoints,
-                min_tls_version=lowest,
-                untrusted_endpoints=bad_trust,
-                hostname_mismatches=bad_name,
+            make(
+                cid,
+                timestamp(not_before),  # aware UTC, as UTCDateTime returns it
+                timestamp(not_after),
+                key_algorithm,
+                key_size,
+                key_curve,
+                signature_algorithm,
+                tuple(sans) if sans else (),
+                common_name,
+                tuple(eku) if eku else (),
+                issuer,
+                bool(self_signed),
+                bool(is_ca),
+                revoked_at is not None,
+                public_key,
+                owner,
+                team,
+                environment,
+                profiles.get(cid),
+                frozenset(cert_tags) if cert_tags else NO_TAGS,
+                max(keys.get(public_key, 1) - 1, 0),
+                endpoints,
+                lowest,
+                bad_trust,
+                bad_name,
             )
         )
+    if with_der:
+        _add_der(driver, inputs, ids)
     return inputs
+
+
+# The slot's own setter: the input is frozen, and this is the one field filled after it is built.
+_SET_DER: Callable[[PolicyInput, bytes], None] = getattr(PolicyInput, "der").__set__  # noqa: B009
+
+
+def _add_der(driver: Driver, inputs: Sequence[PolicyInput], ids: Ids) -> None:
+    """Fills ``der`` in one query per id filter, after the inputs are built: the rows that every
+    evaluation reads stay narrow, and only policies with such checks pay for the certificates."""
+    found: dict[int, bytes] = {}
+    for condition, params in driver.filters("id", ids):
+        found.update(driver.fetch(_DER_SQL + condition, params))
+    for item in inputs:
+        der = found.get(item.certificate_id or 0)
+        if der is not None:
+            _SET_DER(item, bytes(der))

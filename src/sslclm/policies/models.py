@@ -5,8 +5,21 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, Boolean, ForeignKey, Index, Integer, LargeBinary, String, Text, UniqueConstraint
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    UniqueConstraint,
+    literal_column,
+    text,
+)
 from sqlalchemy.orm import Mapped, mapped_column
+from sqlalchemy.sql.elements import ColumnElement
 
 from sslclm.core.db import Base, UTCDateTime
 from sslclm.inventory.models import BigId
@@ -28,6 +41,11 @@ class PolicySet(Base):
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
 
+EXEMPTED_WHERE = text("exemption_id IS NOT NULL")
+SEVERE_RANK = 3  # Severity.HIGH in sslclm.policies.checks.SEVERITY_RANK
+SEVERE_WHERE = text(f"severity_rank >= {SEVERE_RANK}")
+
+
 class PolicyViolation(Base):
     """One check one certificate fails under one policy set, kept current by the evaluator."""
 
@@ -47,11 +65,28 @@ class PolicyViolation(Base):
 
     __table_args__ = (
         UniqueConstraint("certificate_id", "policy", "check"),
-        Index("ix_policy_violations_severity_id", "severity_rank", "id"),
+        # Partial, high and critical only: what the new-critical notifications and the "high or
+        # worse" filters read. The lesser severities (most rows; every certificate has an
+        # informational one) are listed by walking the primary key, and a full pass writing
+        # millions of them need not maintain an entry for each. See ``severe_condition``.
+        Index(
+            "ix_policy_violations_severity_id",
+            "severity_rank",
+            "id",
+            sqlite_where=SEVERE_WHERE,
+            postgresql_where=SEVERE_WHERE,
+        ),
         Index("ix_policy_violations_check_id", "check", "id"),
         Index("ix_policy_violations_policy_id", "policy", "id"),
-        # Finds the violations an expiring exemption covered.
-        Index("ix_policy_violations_exemption_id", "exemption_id"),
+        # Finds the violations an expiring or withdrawn exemption covered. Partial: nearly every
+        # violation has no exemption, and a full pass writing millions of them would otherwise
+        # maintain an index entry for each (every query here names an exemption id).
+        Index(
+            "ix_policy_violations_exemption_id",
+            "exemption_id",
+            sqlite_where=EXEMPTED_WHERE,
+            postgresql_where=EXEMPTED_WHERE,
+        ),
     )
 
 
@@ -135,3 +170,12 @@ class RevocationList(Base):
     error: Mapped[str | None] = mapped_column(Text)
 
     __table_args__ = (Index("ix_revocation_lists_due_at", "due_at"),)
+
+
+def severe_condition() -> ColumnElement[bool]:
+    """The severity index's own condition, to add to a query filtering on a rank of high or more.
+
+    SQLite uses a partial index only when the query states its condition term for term (it does
+    not infer ``rank >= 4`` implies ``rank >= 3``), and with a literal, not a bound parameter.
+    """
+    return PolicyViolation.severity_rank >= literal_column(str(SEVERE_RANK))

@@ -1,4 +1,13 @@
-"""Policy sets, exemptions and violation listings: the service behind the API and the CLI."""
+"""Policy sets, exemptions and violation listings: the service behind the API, the CLI and the web
+console.
+
+Every change re-evaluates what it may change by one rule (:func:`reevaluate`, :func:`delete_policy`,
+:func:`create_exemption`, :func:`delete_exemption`): a policy set put or deleted with no set left
+affects every certificate, a deleted set the certificates it flagged, an exemption those with a
+violation it covers. Up to ``SYNC_EVALUATION_LIMIT`` certificates (for an exemption or a deleted
+set: violations) are evaluated in the caller's transaction; more are left to a
+``policies.reevaluate`` job, so no request walks a large inventory.
+"""
 
 from __future__ import annotations
 
@@ -14,10 +23,24 @@ from sslclm.audit.service import AuditContext, record
 from sslclm.core.clock import as_utc
 from sslclm.errors import ConflictError, InvalidInputError, NotFoundError
 from sslclm.inventory.models import Certificate
-from sslclm.policies import engine
+from sslclm.jobs import queue
+from sslclm.policies import engine, incremental
 from sslclm.policies.checks import CHECKS, SEVERITY_RANK, Severity
 from sslclm.policies.document import PolicyDocument, parse_document
-from sslclm.policies.models import PolicyExemption, PolicySet, PolicyViolation
+from sslclm.policies.engine import release_exemption
+from sslclm.policies.models import (
+    SEVERE_RANK,
+    PolicyExemption,
+    PolicySet,
+    PolicyViolation,
+    severe_condition,
+)
+from sslclm.policies.tasks import REEVALUATE_TASK
+
+# Past this many certificates a re-evaluation runs as a job, not in the request or command that
+# caused it (a full pass costs about a minute per million certificates and holds a write lock).
+SYNC_EVALUATION_LIMIT = 20_000
+FULL_JOB_KEY = "policies:reevaluate-full"
 
 
 def describe_checks() -> list[dict[str, Any]]:
@@ -99,11 +122,45 @@ def _apply(row: PolicySet, document: PolicyDocument, text: str, now: datetime) -
     row.updated_at = now
 
 
-def delete_policy(session: Session, ctx: AuditContext, name: str) -> None:
+def reevaluate(session: Session, now: datetime) -> dict[str, Any]:
+    """Re-evaluates every certificate after the policy sets changed: a small inventory here, a
+    large one in a job. Returns the evaluation's figures, or ``queued_job_id``."""
+    # A full walk already under way began with the old sets: it sees this and starts over.
+    incremental.set_clock(session, now, incremental.POLICIES_CLOCK)
+    if session.execute(select(Certificate.id).offset(SYNC_EVALUATION_LIMIT).limit(1)).first() is None:
+        return engine.reevaluate_all(session, now=now).as_dict()
+    job = queue.enqueue(session, REEVALUATE_TASK, {"full": True}, now=now, dedupe_key=FULL_JOB_KEY)
+    return {"queued_job_id": job.id}
+
+
+def _evaluate_covered(
+    session: Session, certificate_id: int | None, policy: str | None, check: str | None, now: datetime
+) -> dict[str, Any]:
+    """Re-evaluates the certificates with a violation an exemption on these covers (or covered)."""
+    condition = incremental.covered_condition(certificate_id, policy, check)
+    # Counted in violations: at most as many certificates.
+    found = incremental.covered(session, condition, after_id=0, limit=SYNC_EVALUATION_LIMIT + 1)
+    if len(found) <= SYNC_EVALUATION_LIMIT:
+        return engine.evaluate_certificates(session, {cid for _, cid in found}, now=now).as_dict()
+    covered = {"certificate_id": certificate_id, "policy": policy, "check": check}
+    job = queue.enqueue(session, REEVALUATE_TASK, {"covered": covered}, now=now)
+    return {"queued_job_id": job.id}
+
+
+def delete_policy(session: Session, ctx: AuditContext, name: str, *, now: datetime) -> dict[str, Any]:
+    """Deletes a policy set and its violations, then re-evaluates the certificates it flagged
+    (their risk scores change), or everything when no set is left and the baseline applies."""
     row = get_policy(session, name)
+    flagged = incremental.covered(
+        session, PolicyViolation.policy == name, after_id=0, limit=SYNC_EVALUATION_LIMIT + 1
+    )
     engine.drop_policy(session, name)
     session.delete(row)
+    session.flush()
     record(session, ctx, "policy.delete", "policy", name)
+    if len(flagged) > SYNC_EVALUATION_LIMIT or session.execute(select(PolicySet.id).limit(1)).first() is None:
+        return reevaluate(session, now)
+    return engine.evaluate_certificates(session, {cid for _, cid in flagged}, now=now).as_dict()
 
 
 class ExemptionCreate(BaseModel):
@@ -119,7 +176,8 @@ class ExemptionCreate(BaseModel):
 
 def create_exemption(
     session: Session, ctx: AuditContext, data: ExemptionCreate, *, now: datetime
-) -> PolicyExemption:
+) -> tuple[PolicyExemption, dict[str, Any]]:
+    """Grants an exemption; returns it and the re-evaluation of the certificates it covers."""
     if data.check is not None and data.check not in CHECKS:
         raise InvalidInputError(f"unknown check '{data.check}'", field="check")
     if as_utc(data.expires_at) <= now:
@@ -148,26 +206,24 @@ def create_exemption(
             "approver": row.approver,
         },
     )
-    _refresh_for(session, data.certificate_id, now)
-    return row
+    return row, _evaluate_covered(session, row.certificate_id, row.policy, row.check, now)
 
 
-def _refresh_for(session: Session, certificate_id: int | None, now: datetime) -> None:
-    if certificate_id is not None:
-        engine.evaluate_certificates(session, [certificate_id], now=now)
-    else:
-        engine.reevaluate_all(session, now=now)
-
-
-def delete_exemption(session: Session, ctx: AuditContext, exemption_id: int, *, now: datetime) -> None:
+def delete_exemption(
+    session: Session, ctx: AuditContext, exemption_id: int, *, now: datetime
+) -> dict[str, Any]:
+    """Withdraws an exemption: what it covered is open again, and those certificates re-evaluated
+    (another exemption may cover them; their risk scores change)."""
     row = session.get(PolicyExemption, exemption_id)
     if row is None:
         raise NotFoundError(f"no exemption {exemption_id}", field="exemption_id")
-    certificate_id = row.certificate_id
+    covered = (row.certificate_id, row.policy, row.check)
+    # Done here rather than by the foreign key's SET NULL, which would leave the counts behind.
+    release_exemption(session, exemption_id, now=now)
     session.delete(row)
     session.flush()
     record(session, ctx, "policy.exemption.delete", "exemption", exemption_id)
-    _refresh_for(session, certificate_id, now)
+    return _evaluate_covered(session, *covered, now)
 
 
 def exemption_view(row: PolicyExemption) -> dict[str, Any]:
@@ -217,7 +273,10 @@ def violations_select(flt: ViolationFilter) -> Select[Any]:
     columns: tuple[Any, ...] = VIOLATION_COLUMNS
     stmt: Select[Any] = select(*columns).join(Certificate, Certificate.id == PolicyViolation.certificate_id)
     if flt.severity is not None:
-        stmt = stmt.where(PolicyViolation.severity_rank >= SEVERITY_RANK[flt.severity])
+        rank = SEVERITY_RANK[flt.severity]
+        stmt = stmt.where(PolicyViolation.severity_rank >= rank)
+        if rank >= SEVERE_RANK:
+            stmt = stmt.where(severe_condition())
     if not flt.include_exempted:
         stmt = stmt.where(PolicyViolation.exemption_id.is_(None))
     for column, value in (

@@ -7,7 +7,13 @@ from pydantic import BaseModel, ConfigDict, Field
 DISCOVER_FILESYSTEM = "discover-filesystem"
 PEM_KEYGEN = "pem-keygen"
 PEM_INSTALL = "pem-install"
-JOB_KINDS = (DISCOVER_FILESYSTEM, PEM_KEYGEN, PEM_INSTALL)
+STORE_DEPLOY = "store-deploy"
+STORE_REMOVE = "store-remove"
+STORE_INVENTORY = "store-inventory"
+JOB_KINDS = (DISCOVER_FILESYSTEM, PEM_KEYGEN, PEM_INSTALL, STORE_DEPLOY, STORE_REMOVE, STORE_INVENTORY)
+# Kinds whose payload holds secrets (store passwords, private keys): the server keeps them sealed at
+# rest and unseals them only to hand them to the agent over the mutual-TLS channel.
+SEALED_KINDS = (STORE_DEPLOY, STORE_REMOVE, STORE_INVENTORY)
 
 
 class _Body(BaseModel):
@@ -62,3 +68,76 @@ class PemInstallPayload(_Body):
 class PemInstallResult(_Body):
     fingerprint: str
     replaced: bool
+
+
+class SealedPayload(_Body):
+    """How the server stores a payload of a ``SEALED_KINDS`` job: sealed, with the ids it needs."""
+
+    sealed: str = Field(max_length=4_000_000)
+    connection_id: int | None = None
+    binding_id: int | None = None
+
+
+class StoreTarget(_Body):
+    """A platform store connection run on the agent: its connector type and full configuration."""
+
+    name: str = Field(max_length=150, description="The store's name on the platform (for messages)")
+    type: str = Field(max_length=64, description="Connector type key, e.g. pkcs12")
+    config: dict[str, object] = Field(default_factory=dict)
+
+
+class VerifyTarget(_Body):
+    host: str = Field(max_length=255)
+    port: int = Field(ge=1, le=65535)
+    sni: str | None = Field(default=None, max_length=255)
+    timeout: float = Field(default=15.0, gt=0, le=300)
+
+
+class StoreDeployPayload(_Body):
+    """Put a certificate into a store on the agent's host: add, reload, verify, or roll back."""
+
+    store: StoreTarget
+    alias: str = Field(max_length=128)
+    certificate_pem: str
+    chain_pem: list[str] = Field(default_factory=list, max_length=10)
+    private_key_pem: str | None = Field(default=None, description="The key, when the platform holds it")
+    key_ref: str | None = Field(
+        default=None, max_length=64, description="SHA-256 of the public key of a key this agent made"
+    )
+    verify: VerifyTarget | None = None
+
+
+class StoreDeployResult(_Body):
+    fingerprint: str
+    replaced: bool
+
+
+class StoreRemovePayload(_Body):
+    store: StoreTarget
+    alias: str = Field(max_length=128)
+
+
+class StoreRemoveResult(_Body):
+    removed: bool
+
+
+class StoreInventoryPayload(_Body):
+    """Read what the store holds: every entry (up to ``limit``) and each of ``aliases`` directly."""
+
+    store: StoreTarget
+    aliases: list[str] = Field(default_factory=list, max_length=10_000)
+    limit: int = Field(default=10_000, ge=0, le=100_000)
+
+
+class WireEntry(_Body):
+    alias: str
+    certificate_pem: str
+    chain_pem: list[str] = Field(default_factory=list)
+
+
+class StoreInventoryResult(_Body):
+    entries: list[WireEntry] = Field(default_factory=list)
+    # Per asked alias: the SHA-256 of the certificate held there, or None when it holds nothing.
+    held: dict[str, str | None] = Field(default_factory=dict)
+    problems: dict[str, str] = Field(default_factory=dict, description="Aliases that could not be read")
+    truncated: bool = False

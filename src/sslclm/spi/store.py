@@ -13,7 +13,7 @@ manager. Errors every method may raise, and what they mean:
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, ClassVar
@@ -140,3 +140,25 @@ class CertificateStore(Connector):
         ``ConnectorError`` with ``retryable=False`` and the consumer's message.
         """
         raise self._unsupported(Capability.RELOAD)
+
+
+def read_entry(store: CertificateStore, alias: str) -> StoreEntry | None:
+    """The store's entry under ``alias``: directly when the store can, else by walking its inventory."""
+    direct: Callable[[str], StoreEntry | None] | None = getattr(store, "read_entry", None)
+    if direct is not None:
+        return direct(alias)
+    cursor: str | None = None
+    while True:
+        page = store.inventory(InventoryRequest(cursor=cursor, limit=500))
+        for entry in page.entries:
+            if entry.alias == alias:
+                return entry
+        if page.next_cursor is None or page.next_cursor == cursor:
+            return None
+        cursor = page.next_cursor
+
+
+def reload_if_supported(store: CertificateStore) -> None:
+    """Has the store's consumer load new content, for stores that have one (``RELOAD``)."""
+    if Capability.RELOAD in store.capabilities:
+        store.reload(ReloadRequest())

@@ -10,6 +10,7 @@ With a million certificates a ``count(*)`` per status reads the whole table; ins
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -54,30 +55,25 @@ def _expiry_counts(session: Session, now: datetime) -> tuple[int, dict[int, int]
     )
     if not issuer_ids:
         return 0, dict.fromkeys(WINDOWS, 0)
-    horizon = now + timedelta(days=max(WINDOWS))
-    sums = [func.sum(case((Certificate.not_after < now, 1), else_=0))]
-    sums += [
-        func.sum(
-            case(
-                ((Certificate.not_after >= now) & (Certificate.not_after < now + timedelta(days=d)), 1),
-                else_=0,
-            )
-        )
-        for d in WINDOWS
-    ]
-    row = (
-        session.connection()
-        .execute(
-            select(*sums).where(
-                Certificate.issuer_id.in_(issuer_ids),
-                Certificate.archived_at.is_(None),
-                Certificate.not_after < horizon,
-            )
-        )
-        .one()
-    )
-    expired = int(row[0] or 0)
-    return expired, {d: int(value or 0) for d, value in zip(WINDOWS, row[1:], strict=True)}
+    # One bare count per disjoint range (expired, then up to 7, 30, 90 days): each is a walk of the
+    # covering index and nothing else. A single pass summing CASE expressions over the whole
+    # 90-day range reads the same entries but costs about five times as much per entry.
+    edges = [now, *(now + timedelta(days=d) for d in WINDOWS)]
+    ranges: list[tuple[datetime | None, datetime]] = [(None, now), *itertools.pairwise(edges)]
+    connection = session.connection()
+    counts = []
+    for low, high in ranges:
+        conditions = [
+            Certificate.issuer_id.in_(issuer_ids),
+            Certificate.archived_at.is_(None),
+            Certificate.not_after < high,
+        ]
+        if low is not None:
+            conditions.append(Certificate.not_after >= low)
+        stmt = select(func.count()).select_from(Certificate).where(*conditions)
+        counts.append(int(connection.execute(stmt).scalar_one()))
+    within = itertools.accumulate(counts[1:])
+    return counts[0], dict(zip(WINDOWS, within, strict=True))
 
 
 def _issued_lifecycle(session: Session) -> tuple[int, int]:

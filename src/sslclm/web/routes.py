@@ -22,7 +22,8 @@ from sslclm.api.routes.auth import anonymous_context, clear_session_cookie, set_
 from sslclm.audit.service import AuditContext
 from sslclm.auth import service
 from sslclm.auth.schemas import MAX_PASSWORD
-from sslclm.errors import AuthenticationError
+from sslclm.auth.throttle import LoginLimits
+from sslclm.errors import AuthenticationError, TooManyAttemptsError
 from sslclm.web.common import SECURITY_HEADERS, LoginRequiredError, WebPrincipal, web_principal
 
 __all__ = ["LoginRequiredError", "login_required_page", "root_router", "router", "safe_next", "web_principal"]
@@ -130,12 +131,21 @@ def login_submit(
             username,
             password,
             hours=platform.settings.session_hours,
+            limits=LoginLimits.from_settings(platform.settings),
         )
     except AuthenticationError:
         return _login_page(
             request,
             status_code=401,
             error="Wrong username or password.",
+            next_url=target,
+            username=username[:150],
+        )
+    except TooManyAttemptsError as exc:
+        return _login_page(
+            request,
+            status_code=429,
+            error=f"Too many failed sign-ins: {exc.message.split('; ', 1)[-1]}.",
             next_url=target,
             username=username[:150],
         )

@@ -23,8 +23,7 @@ from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from sslclm.audit.service import AuditContext, PlannedEvent, record_many
-from sslclm.deployments.models import StoreBinding
-from sslclm.deployments.service import ACTIVE, DEPLOY_TASK
+from sslclm.deployments.service import enqueue_deployments_of
 from sslclm.errors import SslClmError
 from sslclm.inventory.models import Certificate, PrivateKey
 from sslclm.inventory.writer import private_key_aad
@@ -236,30 +235,12 @@ def _issue_at(
 
 
 def _enqueue_deployments(ctx: StepContext, outcomes: list[dict[str, Any]]) -> None:
-    """Every binding of each renewed managed certificate gets its new certificate (one query)."""
+    """Every binding of each renewed managed certificate gets its new certificate, in deployment
+    batches per store where the binding allows (one query)."""
     if not outcomes:
         return
     certificate_for = {int(o["managed_id"]): int(o["certificate_id"]) for o in outcomes}
-    bindings = ctx.session.execute(
-        select(StoreBinding.id, StoreBinding.managed_certificate_id).where(
-            StoreBinding.managed_certificate_id.in_(list(certificate_for)), StoreBinding.status.in_(ACTIVE)
-        )
-    ).all()
-    if not bindings:
-        return
-    queue.enqueue_many(
-        ctx.session,
-        [
-            queue.JobSpec(
-                DEPLOY_TASK,
-                {"binding_id": binding_id, "certificate_id": certificate_for[managed_id], "action": "deploy"},
-                dedupe_key=f"deploy:{binding_id}:deploy:{certificate_for[managed_id]}",
-                target=f"store_binding:{binding_id}",
-            )
-            for binding_id, managed_id in bindings
-        ],
-        now=ctx.now,
-    )
+    enqueue_deployments_of(ctx.session, certificate_for, now=ctx.now)
 
 
 def _record_failures(

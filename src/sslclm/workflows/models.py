@@ -24,6 +24,7 @@ class Connection(Base):
     config: Mapped[dict[str, Any]] = mapped_column(JSON)  # every field but the secrets
     sealed_secrets: Mapped[bytes | None] = mapped_column(LargeBinary)  # JSON of the SecretStr fields, sealed
     agent_id: Mapped[int | None] = mapped_column(Integer)  # run by this agent instead of the server
+    agent_label: Mapped[str | None] = mapped_column(String(64))  # or by whichever agent has this label
     enabled: Mapped[bool] = mapped_column(Boolean, default=True)
     last_check_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     last_check_ok: Mapped[bool | None] = mapped_column(Boolean)

@@ -41,9 +41,11 @@ from sslclm.pki import (
     extract_info,
     load_certificate,
     load_private_key_der,
+    parse_certificate,
     private_key_to_pkcs8_der,
     public_key_sha256,
 )
+from sslclm.workflows import pg_batch
 from sslclm.workflows.models import Connection, Issuance, ManagedCertificate, Profile
 from sslclm.workflows.planner import RenewalPolicy, renewal_time
 
@@ -260,6 +262,9 @@ def store_key(session: Session, platform: Platform, key: SigningKey, now: dateti
 
 def store_sealed_keys(session: Session, rows: Sequence[dict[str, Any]]) -> None:
     """Stores keys sealed by the caller (``public_key_sha256``, ``encrypted_pkcs8``, ``created_at``)."""
+    if pg_batch.is_postgresql(session):
+        pg_batch.insert_keys(session, rows)
+        return
     connection, sql = _sql(session)
     connection.execute(sql.insert_key, list(rows))
 
@@ -331,9 +336,20 @@ def _ensure_chain(
     _known_chain.update((database, fingerprint) for fingerprint in known)
 
 
+def _parsed(certificate_pem: str) -> CertificateInfo:
+    """Parsed once from its DER (``extract_info`` of a loaded certificate would load it twice);
+    anything unusual goes through the general loader, which names what is wrong with it."""
+    if certificate_pem.count("-----BEGIN") == 1:
+        try:
+            return parse_certificate(_pem_der(certificate_pem))
+        except ValueError:  # binascii.Error is one too
+            pass
+    return extract_info(load_certificate(certificate_pem.encode()))
+
+
 def leaf_info(certificate_pem: str, *, public_key: str, target: Target) -> CertificateInfo:
     """The issued certificate's facts, checked against what was asked for."""
-    info = extract_info(load_certificate(certificate_pem.encode()))
+    info = _parsed(certificate_pem)
     if info.public_key_sha256 != public_key:
         raise InvalidInputError("the CA returned a certificate for a different key")
     missing = [name for name in target.dns_names if f"DNS:{name}" not in info.sans]
@@ -400,7 +416,8 @@ def record_batch(
     actor: AuditContext,
     now: datetime,
 ) -> list[dict[str, Any]]:
-    """``record_certificate`` for many certificates at once: one multi-row statement per table.
+    """``record_certificate`` for many certificates at once: one statement per table on SQLite
+    (``executemany``), one round trip for all of them on PostgreSQL (:mod:`.pg_batch`).
 
     The same rows as recording them one by one, in the caller's transaction, so a batch of renewals
     costs a handful of statements instead of a handful per certificate. The audit events
@@ -436,50 +453,6 @@ def record_batch(
     # Through the driver (COPY on PostgreSQL): one statement for the batch, whatever its size.
     by_fingerprint = insert_certificates(session, rows)
     ids = [by_fingerprint[info.fingerprint_sha256] for info in infos]
-    # Owner and team, and the key held, also on a certificate discovered before it was recorded.
-    connection.execute(
-        sql.claim_certificate,
-        [
-            {"b_id": certificate_id, "b_owner": item.target.owner, "b_team": item.target.team, "b_now": now}
-            for item, certificate_id in zip(issued, ids, strict=True)
-        ],
-    )
-    connection.execute(
-        sql.upsert_sighting,
-        [
-            {
-                "certificate_id": certificate_id,
-                "kind": "issuance",
-                "location": f"managed/{item.target.name}",
-                "source": item.target.source,
-                "details": {},
-                "first_seen": now,
-                "last_seen": now,
-            }
-            for item, certificate_id in zip(issued, ids, strict=True)
-        ],
-    )
-    superseded = [
-        {"b_previous": item.target.current_certificate_id, "b_new": certificate_id, "b_now": now}
-        for item, certificate_id in zip(issued, ids, strict=True)
-        if item.target.current_certificate_id not in (None, certificate_id)
-    ]
-    if superseded:
-        connection.execute(sql.supersede, superseded)
-    connection.execute(
-        sql.insert_issuance,
-        [
-            {
-                "managed_certificate_id": item.target.managed_id,
-                "certificate_id": certificate_id,
-                "job_id": job_id,
-                "reason": reason,
-                "ca_connection_id": item.target.connection_id,
-                "issued_at": now,
-            }
-            for item, certificate_id in zip(issued, ids, strict=True)
-        ],
-    )
     outcomes: list[dict[str, Any]] = []
     for item, info, certificate_id in zip(issued, infos, ids, strict=True):
         renew_at = renewal_time(
@@ -498,6 +471,90 @@ def record_batch(
                 "renew_at": renew_at,
             }
         )
+    if pg_batch.is_postgresql(session):
+        pg_batch.record_rows(
+            session,
+            [
+                pg_batch.RecordedRow(
+                    certificate_id=o["certificate_id"],
+                    managed_id=item.target.managed_id,
+                    previous_id=item.target.current_certificate_id,
+                    owner=item.target.owner,
+                    team=item.target.team,
+                    location=f"managed/{item.target.name}",
+                    source=item.target.source,
+                    connection_id=item.target.connection_id,
+                    renew_at=o["renew_at"],
+                )
+                for item, o in zip(issued, outcomes, strict=True)
+            ],
+            job_id=job_id,
+            reason=reason,
+            now=now,
+        )
+    else:
+        _record_rows(connection, sql, issued, outcomes, job_id=job_id, reason=reason, now=now)
+    for outcome in outcomes:
+        outcome["renew_at"] = outcome["renew_at"].isoformat()
+    return outcomes
+
+
+def _record_rows(
+    connection: SAConnection,
+    sql: _Statements,
+    issued: Sequence[Issued],
+    outcomes: Sequence[dict[str, Any]],
+    *,
+    job_id: int,
+    reason: str,
+    now: datetime,
+) -> None:
+    """:func:`pg_batch.record_rows` on SQLite, whose driver runs ``executemany`` in C."""
+    pairs = [(item, int(o["certificate_id"])) for item, o in zip(issued, outcomes, strict=True)]
+    # Owner and team, and the key held, also on a certificate discovered before it was recorded.
+    connection.execute(
+        sql.claim_certificate,
+        [
+            {"b_id": certificate_id, "b_owner": item.target.owner, "b_team": item.target.team, "b_now": now}
+            for item, certificate_id in pairs
+        ],
+    )
+    connection.execute(
+        sql.upsert_sighting,
+        [
+            {
+                "certificate_id": certificate_id,
+                "kind": "issuance",
+                "location": f"managed/{item.target.name}",
+                "source": item.target.source,
+                "details": {},
+                "first_seen": now,
+                "last_seen": now,
+            }
+            for item, certificate_id in pairs
+        ],
+    )
+    superseded = [
+        {"b_previous": item.target.current_certificate_id, "b_new": certificate_id, "b_now": now}
+        for item, certificate_id in pairs
+        if item.target.current_certificate_id not in (None, certificate_id)
+    ]
+    if superseded:
+        connection.execute(sql.supersede, superseded)
+    connection.execute(
+        sql.insert_issuance,
+        [
+            {
+                "managed_certificate_id": item.target.managed_id,
+                "certificate_id": certificate_id,
+                "job_id": job_id,
+                "reason": reason,
+                "ca_connection_id": item.target.connection_id,
+                "issued_at": now,
+            }
+            for item, certificate_id in pairs
+        ],
+    )
     connection.execute(
         sql.update_managed,
         [
@@ -510,9 +567,6 @@ def record_batch(
             for o in outcomes
         ],
     )
-    for outcome in outcomes:
-        outcome["renew_at"] = outcome["renew_at"].isoformat()
-    return outcomes
 
 
 def issued_events(outcomes: Sequence[dict[str, Any]], reason: str) -> list[PlannedEvent]:

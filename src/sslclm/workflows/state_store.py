@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from sslclm.core.clock import Clock, utcnow
 from sslclm.errors import ConnectorError
+from sslclm.workflows import pg_batch
 from sslclm.workflows.models import ConnectorStateEntry
 
 MAX_KEY = 200
@@ -66,23 +67,28 @@ def state_in_transaction(scope: str, session: Session, *, write_behind: bool = F
         _joined.reset(token)
 
 
-# The deferred writes go to the driver's executemany as they are: a multi-row VALUES statement
-# (what SQLAlchemy would build on PostgreSQL) costs more to parse than the inserts themselves.
-_FLUSH = {
-    "postgresql": "INSERT INTO connector_state (scope, key, value, updated_at) VALUES (%s, %s, %s, %s) "
-    "ON CONFLICT (scope, key) DO NOTHING",
-    "sqlite": "INSERT INTO connector_state (scope, key, value, updated_at) VALUES (?, ?, ?, ?) "
-    "ON CONFLICT (scope, key) DO NOTHING",
-}
+# On SQLite the deferred writes go to the driver's executemany as they are (PostgreSQL takes them
+# as arrays in one statement, see pg_batch): a multi-row VALUES statement costs more to parse than
+# the inserts themselves.
+_FLUSH = (
+    "INSERT INTO connector_state (scope, key, value, updated_at) VALUES (?, ?, ?, ?) "
+    "ON CONFLICT (scope, key) DO NOTHING"
+)
 
 
 def _flush(scope: str, session: Session, deferred: WriteBehind) -> None:
     connection = session.connection()
+    if connection.dialect.name == "postgresql":
+        inserted = pg_batch.insert_state(session, scope, deferred.pending, utcnow())
+        if inserted != len(deferred.pending):
+            raise StateConflictError(len(deferred.pending) - inserted)
+        deferred.pending.clear()
+        return
     # Stored as naive UTC, as the UTCDateTime column type does; SQLite keeps SQLAlchemy's text form.
     now = utcnow().replace(tzinfo=None)
-    stamp: Any = now if connection.dialect.name == "postgresql" else now.strftime("%Y-%m-%d %H:%M:%S.%f")
+    stamp = now.strftime("%Y-%m-%d %H:%M:%S.%f")
     rows = [(scope, key, value, stamp) for key, value in deferred.pending.items()]
-    inserted = connection.exec_driver_sql(_FLUSH[connection.dialect.name], rows).rowcount
+    inserted = connection.exec_driver_sql(_FLUSH, rows).rowcount
     if inserted != len(rows):
         raise StateConflictError(len(rows) - inserted)
     deferred.pending.clear()
@@ -169,7 +175,12 @@ class DatabaseStateStore:
         deferred = self._deferred()
         found = {key: deferred.pending[key] for key in keys if key in deferred.pending} if deferred else {}
         wanted = [key for key in keys if key not in found]
+        if not wanted:
+            return found
         with self._unit() as (connection, sql, _):
+            if connection.dialect.name == "postgresql":
+                found.update(pg_batch.select_state(connection, self._scope, wanted))
+                return found
             for start in range(0, len(wanted), 500):
                 rows = connection.execute(
                     sql.get_many, {"b_scope": self._scope, "b_keys": wanted[start : start + 500]}

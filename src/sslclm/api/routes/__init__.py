@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from sslclm.api.routes import (
+    agent_stores,
     agents,
     audit,
     auth,
@@ -36,6 +37,7 @@ ROUTERS: list[APIRouter] = [
     workflows.router,
     ca_sync.router,
     stores.router,
+    agent_stores.router,
     agents.router,
     discovery.router,
     policies.router,

@@ -16,6 +16,7 @@ from sslclm.auth.bootstrap import PASSWORD_FILE
 from sslclm.auth.models import User
 from sslclm.auth.schemas import LoginRequest, LoginResponse, PasswordChange, PrincipalOut
 from sslclm.auth.secrets import verify_password
+from sslclm.auth.throttle import LoginLimits
 from sslclm.core.platform import Platform
 from sslclm.errors import AuthenticationError, InvalidInputError
 
@@ -54,7 +55,11 @@ def forget_initial_password(platform: Platform, user: User) -> None:
         (platform.settings.home / PASSWORD_FILE).unlink(missing_ok=True)
 
 
-@router.post("/login", response_model=LoginResponse, responses={401: {"description": "Wrong credentials"}})
+@router.post(
+    "/login",
+    response_model=LoginResponse,
+    responses={401: {"description": "Wrong credentials"}, 429: {"description": "Too many failed logins"}},
+)
 def login(
     body: LoginRequest, request: Request, response: Response, session: SessionDep, platform: PlatformDep
 ) -> LoginResponse:
@@ -65,6 +70,7 @@ def login(
         body.username,
         body.password.get_secret_value(),
         hours=platform.settings.session_hours,
+        limits=LoginLimits.from_settings(platform.settings),
     )
     session.commit()
     set_session_cookie(response, result.session_id, platform.settings.session_hours)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query, Request
@@ -14,19 +13,14 @@ from sslclm.api.deps import AuditDep, PlatformDep, SessionDep, require
 from sslclm.api.routes.certificates import json_response
 from sslclm.auth.permissions import Permission
 from sslclm.errors import InvalidInputError
-from sslclm.inventory.models import Certificate
-from sslclm.jobs import queue
-from sslclm.policies import engine, enrollment, service
+from sslclm.policies import enrollment, service
 from sslclm.policies.models import PolicyExemption
-from sslclm.policies.tasks import REEVALUATE_TASK
 from sslclm.reporting.service import to_csv
 
 router = APIRouter(prefix="/policies", tags=["policies"])
 CanRead = Depends(require(Permission.CERT_READ))
 CanManage = Depends(require(Permission.POLICY_MANAGE))
 MAX_DOCUMENT = 256 * 1024
-# Past this many certificates a full re-evaluation runs as a job, not inside the request.
-SYNC_EVALUATION_LIMIT = 20_000
 
 
 @router.get("/checks", dependencies=[CanRead], summary="The built-in checks and their parameters")
@@ -50,19 +44,10 @@ async def put_policy(request: Request, session: SessionDep, platform: PlatformDe
         raise InvalidInputError("the policy document is larger than 256 KiB", field="document")
     now = platform.clock()
     row, created = service.put_policy(session, ctx, raw.decode("utf-8", "replace"), now=now)
-    evaluation = _reevaluate(session, now)
+    # A small inventory is evaluated in this request, a large one by a job (service.reevaluate).
+    evaluation = service.reevaluate(session, now)
     session.commit()
     return json_response({**service.policy_view(row), "evaluation": evaluation}, 201 if created else 200)
-
-
-def _reevaluate(session: SessionDep, now: datetime) -> dict[str, Any]:
-    """Re-evaluates a small inventory in this request; a large one in a job (it takes minutes)."""
-    if session.execute(select(Certificate.id).offset(SYNC_EVALUATION_LIMIT).limit(1)).first() is None:
-        return engine.reevaluate_all(session, now=now).as_dict()
-    job = queue.enqueue(
-        session, REEVALUATE_TASK, {"full": True}, now=now, dedupe_key="policies:reevaluate-full"
-    )
-    return {"queued_job_id": job.id}
 
 
 class ViolationQuery(service.ViolationFilter):
@@ -93,7 +78,7 @@ def export_violations(session: SessionDep, params: Annotated[ViolationExport, Qu
 
 @router.post("/evaluate", dependencies=[CanManage], summary="Re-evaluate the whole inventory now")
 def evaluate(session: SessionDep, platform: PlatformDep) -> Response:
-    evaluation = _reevaluate(session, platform.clock())
+    evaluation = service.reevaluate(session, platform.clock())
     session.commit()
     return json_response(evaluation)
 
@@ -140,18 +125,18 @@ def list_exemptions(session: SessionDep) -> Response:
 def create_exemption(
     body: service.ExemptionCreate, session: SessionDep, platform: PlatformDep, ctx: AuditDep
 ) -> Response:
-    row = service.create_exemption(session, ctx, body, now=platform.clock())
+    row, evaluation = service.create_exemption(session, ctx, body, now=platform.clock())
     session.commit()
-    return json_response(service.exemption_view(row), 201)
+    return json_response({**service.exemption_view(row), "evaluation": evaluation}, 201)
 
 
 @router.delete("/exemptions/{exemption_id}", dependencies=[CanManage], summary="Withdraw an exemption")
 def delete_exemption(
     exemption_id: int, session: SessionDep, platform: PlatformDep, ctx: AuditDep
 ) -> Response:
-    service.delete_exemption(session, ctx, exemption_id, now=platform.clock())
+    evaluation = service.delete_exemption(session, ctx, exemption_id, now=platform.clock())
     session.commit()
-    return json_response({"deleted": exemption_id})
+    return json_response({"deleted": exemption_id, "evaluation": evaluation})
 
 
 @router.get("/{name}", dependencies=[CanRead], summary="One policy set")
@@ -164,7 +149,6 @@ def get_policy(name: str, session: SessionDep, format: Literal["json", "yaml"] =
 
 @router.delete("/{name}", dependencies=[CanManage], summary="Delete a policy set and its violations")
 def delete_policy(name: str, session: SessionDep, platform: PlatformDep, ctx: AuditDep) -> Response:
-    service.delete_policy(session, ctx, name)
-    _reevaluate(session, platform.clock())
+    evaluation = service.delete_policy(session, ctx, name, now=platform.clock())
     session.commit()
-    return json_response({"deleted": name})
+    return json_response({"deleted": name, "evaluation": evaluation})

@@ -21,6 +21,8 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any, ClassVar, cast
 
+from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from pydantic import BaseModel
 
 from sslclm.errors import CARejectedError, ConnectorError, InvalidInputError, SslClmError
@@ -30,7 +32,6 @@ from sslclm.pki.ca_tools import (
     build_crl,
     certificate_serial,
     csr_names,
-    load_csr,
     normalize_names,
     random_serial,
     subject_name,
@@ -80,6 +81,38 @@ def _hex(serial: int) -> str:
 
 def _rejected(exc: InvalidInputError, field: str) -> CARejectedError:
     return CARejectedError(exc.message, field=field)
+
+
+def _parse_csr(data: bytes) -> x509.CertificateSigningRequest:
+    """The CSR, parsed only: ``sign_csr`` verifies its signature before signing, and a second
+    verification here would be the most expensive step of an issuance after the signature itself."""
+    try:
+        if data.lstrip().startswith(b"-----BEGIN"):
+            return x509.load_pem_x509_csr(data)
+        return x509.load_der_x509_csr(data)
+    except (ValueError, UnsupportedAlgorithm):
+        raise CARejectedError(
+            "the CSR is not a valid PEM or DER certificate signing request", field="csr_pem"
+        ) from None
+
+
+def _asked_names(
+    csr: x509.CertificateSigningRequest, names: Sequence[str], wanted: frozenset[str]
+) -> frozenset[str]:
+    """``csr_names(csr)``. A CSR that spells its names exactly as the request does (the platform's
+    own CSRs do) normalises to the request's names, already known: the work is not done twice."""
+    try:
+        san = csr.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        spelled = {str(ip) for ip in san.get_values_for_type(x509.IPAddress)}
+        spelled.update(san.get_values_for_type(x509.DNSName))
+    except (x509.ExtensionNotFound, ValueError):
+        spelled = None  # csr_names says what it makes of it
+    if spelled is not None and spelled == set(names):
+        return wanted
+    try:
+        return csr_names(csr)
+    except InvalidInputError as exc:
+        raise _rejected(exc, "csr_pem") from None
 
 
 class LocalCAGateway(CAGateway):
@@ -183,18 +216,12 @@ class LocalCAGateway(CAGateway):
         if previous is not None:
             return self._replay(previous, key_id, csr_digest, authority)
 
-        try:
-            csr = load_csr(request.csr_pem)
-        except InvalidInputError as exc:
-            raise _rejected(exc, "csr_pem") from None
+        csr = _parse_csr(request.csr_pem)
         try:
             wanted = normalize_names(request.names)
         except InvalidInputError as exc:
             raise _rejected(exc, "names") from None
-        try:
-            asked = csr_names(csr)
-        except InvalidInputError as exc:
-            raise _rejected(exc, "csr_pem") from None
+        asked = _asked_names(csr, request.names, wanted)
         if asked != wanted:
             raise CARejectedError(
                 f"the CSR asks for {sorted(asked) or 'no names'} but the request is for {sorted(wanted)}",

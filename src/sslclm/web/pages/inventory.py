@@ -7,11 +7,13 @@ the same services the API uses, each change audited.
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Annotated, Any
 from urllib.parse import urlencode
 
 from fastapi import APIRouter, Form, Request
 from pydantic import ValidationError
+from sqlalchemy import select
 from starlette.responses import Response
 
 from sslclm.api.deps import PlatformDep, SessionDep
@@ -19,6 +21,8 @@ from sslclm.auth.permissions import Permission
 from sslclm.auth.principal import Principal
 from sslclm.errors import InvalidInputError, SslClmError
 from sslclm.inventory import query, service
+from sslclm.inventory.export import stream_csv
+from sslclm.inventory.models import Certificate, Issuer
 from sslclm.web.common import (
     PAGE_SIZE,
     CertReader,
@@ -182,6 +186,25 @@ def _bulk_renew(request: Request, principal: Principal, session: Any, platform: 
     return "renew" if len(rows) == len(ids) else "renew-some"
 
 
+def _bulk_export(session: Any, platform: Any, ids: list[int]) -> Response:
+    """The selected certificates as CSV, in the columns of the inventory export (a read: not audited)."""
+    now, window = platform.clock(), timedelta(days=platform.settings.expiring_days)
+    stmt = (
+        select(*query.SUMMARY_COLUMNS)
+        .join(Issuer, Issuer.id == Certificate.issuer_id)
+        .where(Certificate.id.in_(ids))
+        .order_by(Certificate.id)
+    )
+    rows = session.connection().execute(stmt).all()
+    tags = query.tags_for(session, [row.id for row in rows])
+    items = [query.summarize(row, now, window, tags.get(row.id, ())) for row in rows]
+    return Response(
+        b"".join(stream_csv(items)),
+        media_type="text/csv",
+        headers={"Content-Disposition": 'attachment; filename="certificates-selected.csv"'},
+    )
+
+
 @router.post("/certificates/bulk")
 def bulk_action(
     request: Request,
@@ -198,12 +221,14 @@ def bulk_action(
     target = back if back.startswith("/ui/certificates") and "//" not in back else "/ui/certificates"
     try:
         chosen = _selected(ids or [])
+        if action == "export":
+            return _bulk_export(session, platform, chosen)
         if action in ("tag", "owner"):
             done = _bulk_metadata(request, principal, session, platform, chosen, action, value)
         elif action == "renew":
             done = _bulk_renew(request, principal, session, platform, chosen)
         else:
-            raise InvalidInputError("choose an action: tag, owner or renew", field="action")
+            raise InvalidInputError("choose an action: tag, owner, renew or export", field="action")
         session.commit()
     except SslClmError as exc:
         session.rollback()

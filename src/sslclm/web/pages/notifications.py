@@ -1,5 +1,6 @@
-"""Notifications: channels (notifier connections, forms from each notifier's config schema), the
-rules that route events to them, the delivery log and the raised events (both keyset-paged)."""
+"""Notifications: channels (notifier connections, forms from each notifier's config schema, a test
+send, removal), the rules that route events to them, the delivery log and the raised events (both
+keyset-paged)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from sslclm.api.deps import PlatformDep, SessionDep
 from sslclm.auth.permissions import Permission
 from sslclm.auth.principal import Principal
 from sslclm.errors import InvalidInputError, SslClmError
+from sslclm.notifications import channels as channel_service
 from sslclm.notifications import service
 from sslclm.notifications.models import NotificationEvent, NotificationLog, NotificationRule
 from sslclm.spi.capabilities import ConnectorKind
@@ -47,6 +49,7 @@ def _overview(
     *,
     error: str | None = None,
     values: dict[str, Any] | None = None,
+    notice: str | None = None,
     status_code: int = 200,
 ) -> Response:
     registry = connections.connector_registry()
@@ -70,6 +73,8 @@ def _overview(
             "events": service.EVENTS,
             "error": error,
             "values": values or {"thresholds": ", ".join(str(d) for d in service.DEFAULT_THRESHOLDS)},
+            # Only when given: otherwise the page shows the notice of the redirect that led here.
+            **({"notice": notice} if notice else {}),
         },
         principal=principal,
         status_code=status_code,
@@ -152,6 +157,39 @@ async def create_channel(
             status_code=exc.http_status,
         )
     return redirect(HOME, "created")
+
+
+@router.post("/notifications/channels/{channel_id}/test")
+def test_channel(
+    channel_id: int, request: Request, principal: WebPrincipal, session: SessionDep, platform: PlatformDep
+) -> Response:
+    principal.require(Permission.NOTIFICATION_MANAGE)
+    channel = channel_service.get_channel(session, channel_id)
+    ok, detail = channel_service.send_test(
+        session, audit_context(request, principal), platform, channel, now=platform.clock()
+    )
+    session.commit()
+    if ok:
+        return _overview(request, principal, session, notice=f"Test sent through {channel.name}: {detail}")
+    # The request itself worked: the page reports the failed delivery, with a 200.
+    return _overview(request, principal, session, error=f"Test through {channel.name} failed: {detail}")
+
+
+@router.post("/notifications/channels/{channel_id}/delete")
+def delete_channel(
+    channel_id: int, request: Request, principal: WebPrincipal, session: SessionDep, platform: PlatformDep
+) -> Response:
+    principal.require(Permission.NOTIFICATION_MANAGE)
+    try:
+        channel = channel_service.get_channel(session, channel_id)
+        channel_service.delete_channel(
+            session, audit_context(request, principal), platform, channel, now=platform.clock()
+        )
+        session.commit()
+    except SslClmError as exc:
+        session.rollback()
+        return _overview(request, principal, session, error=error_message(exc), status_code=exc.http_status)
+    return redirect(HOME, "deleted")
 
 
 def _thresholds(text: str) -> list[int]:

@@ -8,7 +8,6 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Form, Request
 from pydantic import ValidationError
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 from starlette.responses import Response
 
@@ -16,12 +15,9 @@ from sslclm.api.deps import PlatformDep, SessionDep
 from sslclm.auth.permissions import Permission
 from sslclm.auth.principal import Principal
 from sslclm.errors import InvalidInputError, SslClmError
-from sslclm.inventory.models import Certificate
-from sslclm.jobs import queue
 from sslclm.pki import KEY_TYPES
-from sslclm.policies import engine, service
+from sslclm.policies import service
 from sslclm.policies.checks import CHECKS
-from sslclm.policies.tasks import REEVALUATE_TASK
 from sslclm.spi.capabilities import ConnectorKind
 from sslclm.web.common import CertReader, WebPrincipal, audit_context, error_message, redirect, render
 from sslclm.web.forms import split_lines, validation_message
@@ -30,8 +26,6 @@ from sslclm.workflows.planner import DEFAULT_FRACTION, MODES
 
 router = APIRouter(include_in_schema=False)
 MAX_DOCUMENT = 256 * 1024
-# Past this many certificates the re-evaluation after a policy change runs as a job (as in the API).
-SYNC_EVALUATION_LIMIT = 20_000
 EXAMPLE_POLICY = """name: web-servers
 description: What every public web server certificate must meet.
 scope:
@@ -177,12 +171,8 @@ def new_policy(request: Request, principal: WebPrincipal) -> Response:
 
 
 def _reevaluate(session: Session, now: datetime) -> None:
-    if session.execute(select(Certificate.id).offset(SYNC_EVALUATION_LIMIT).limit(1)).first() is None:
-        engine.reevaluate_all(session, now=now)
-    else:
-        queue.enqueue(
-            session, REEVALUATE_TASK, {"full": True}, now=now, dedupe_key="policies:reevaluate-full"
-        )
+    # The API's and the CLI's rule: inline when small, a job when large.
+    service.reevaluate(session, now)
 
 
 @router.post("/policies/new")
@@ -256,3 +246,46 @@ def create_exemption(
             status_code=exc.http_status,
         )
     return redirect("/ui/policies", "created")
+
+
+@router.post("/policies/exemptions/{exemption_id}/delete")
+def delete_exemption(
+    exemption_id: int, request: Request, principal: WebPrincipal, session: SessionDep, platform: PlatformDep
+) -> Response:
+    principal.require(Permission.POLICY_MANAGE)
+    try:
+        service.delete_exemption(
+            session, audit_context(request, principal), exemption_id, now=platform.clock()
+        )
+        session.commit()
+    except SslClmError as exc:
+        session.rollback()
+        return render(
+            request,
+            "error.html",
+            {"title": "Exemption not withdrawn", "message": error_message(exc)},
+            principal=principal,
+            status_code=exc.http_status,
+        )
+    return redirect("/ui/policies", "deleted")
+
+
+@router.post("/policies/{name}/delete")
+def delete_policy(
+    name: str, request: Request, principal: WebPrincipal, session: SessionDep, platform: PlatformDep
+) -> Response:
+    principal.require(Permission.POLICY_MANAGE)
+    try:
+        # Re-evaluates what the set flagged (everything if none is left), by the API's rule.
+        service.delete_policy(session, audit_context(request, principal), name, now=platform.clock())
+        session.commit()
+    except SslClmError as exc:
+        session.rollback()
+        return render(
+            request,
+            "error.html",
+            {"title": "Policy not deleted", "message": error_message(exc)},
+            principal=principal,
+            status_code=exc.http_status,
+        )
+    return redirect("/ui/policies", "deleted")

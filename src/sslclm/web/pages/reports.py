@@ -1,4 +1,9 @@
-"""Reports as SVG charts, each with its CSV and JSON download from the reports API."""
+"""Reports as SVG charts, each with its CSV and JSON download from the reports API.
+
+The forecast and the breakdowns group the whole inventory; like the API, the page serves them from
+the stored report snapshots (``sslclm.reporting.snapshots``) that the background task refreshes,
+and says how old they are.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +12,7 @@ from starlette.responses import Response
 
 from sslclm.api.deps import PlatformDep, SessionDep
 from sslclm.errors import SslClmError
-from sslclm.reporting import service
+from sslclm.reporting import service, snapshots
 from sslclm.web.charts import bar_chart
 from sslclm.web.common import CertReader, error_message, render
 
@@ -23,9 +28,13 @@ def reports(request: Request, principal: CertReader, session: SessionDep, platfo
     if by not in BREAKDOWNS:
         error, by = f"cannot break down by '{by[:30]}'", "issuer"
     now = platform.clock()
-    forecast = service.expiry_forecast(session, now=now, per="week")
+    expiring_days = platform.settings.expiring_days
+    forecast, forecast_as_of = snapshots.serve(session, "forecast:week", now=now, expiring_days=expiring_days)
+    breakdown_as_of = None
     try:
-        rows = service.breakdown(session, by, now=now, expiring_days=platform.settings.expiring_days)
+        rows, breakdown_as_of = snapshots.serve(
+            session, f"breakdown:{by}", now=now, expiring_days=expiring_days
+        )
     except SslClmError as exc:
         error, rows = error_message(exc), []
     compliance = service.compliance(session)
@@ -45,7 +54,15 @@ def reports(request: Request, principal: CertReader, session: SessionDep, platfo
     return render(
         request,
         "reports.html",
-        {"charts": charts, "by": by, "breakdowns": BREAKDOWNS, "compliance": compliance, "error": error},
+        {
+            "charts": charts,
+            "by": by,
+            "breakdowns": BREAKDOWNS,
+            "compliance": compliance,
+            "error": error,
+            "forecast_as_of": forecast_as_of,
+            "breakdown_as_of": breakdown_as_of,
+        },
         principal=principal,
         status_code=400 if error else 200,
     )
