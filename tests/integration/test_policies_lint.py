@@ -104,3 +104,10 @@ def test_the_cli_lists_the_checks_with_their_parameters(cli: Cli) -> None:
     assert by_name["cabf-lint"]["parameters"] == 'min_severity="error", ignore'
     assert by_name["expiry"]["parameters"] == "warning_days=30, critical_days=7"
     assert by_name["cabf-lint"]["severity"] == "medium"
+
+
+def test_the_baseline_leaves_the_lint_out() -> None:
+    from sslclm.policies.document import BASELINE
+
+    assert "cabf-lint" not in {entry.check for entry in BASELINE.checks}
+    assert "expiry" in {entry.check for entry in BASELINE.checks}

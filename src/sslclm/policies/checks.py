@@ -142,6 +142,7 @@ class CheckType:
     description: str
     time_dependent: bool = False
     needs_der: bool = False  # reads PolicyInput.der, which is fetched only for such checks
+    opt_in: bool = False  # left out of the built-in baseline: only policy sets that name it run it
 
 
 CHECKS: dict[str, CheckType] = {}
@@ -154,10 +155,11 @@ def _register(
     *,
     time_dependent: bool = False,
     needs_der: bool = False,
+    opt_in: bool = False,
 ) -> Callable[[CheckFunction], CheckFunction]:
     def wrap(function: CheckFunction) -> CheckFunction:
         doc = (function.__doc__ or name).strip().splitlines()[0]
-        CHECKS[name] = CheckType(name, function, params, severity, doc, time_dependent, needs_der)
+        CHECKS[name] = CheckType(name, function, params, severity, doc, time_dependent, needs_der, opt_in)
         return function
 
     return wrap
@@ -486,7 +488,7 @@ class LintParams(Params):
     ignore: list[str] = Field(default_factory=list)  # finding codes accepted as they are
 
 
-@_register("cabf-lint", LintParams, Severity.MEDIUM, needs_der=True)
+@_register("cabf-lint", LintParams, Severity.MEDIUM, needs_der=True, opt_in=True)
 def check_cabf_lint(item: PolicyInput, params: LintParams, now: datetime) -> Violation | None:
     """CA/Browser Forum TLS Baseline Requirements lints (pkilint) of server certificates."""
     if item.der is None or item.is_ca or "serverAuth" not in item.extended_key_usage:

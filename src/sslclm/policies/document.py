@@ -88,7 +88,7 @@ class PolicyDocument(BaseModel):
 BASELINE = PolicyDocument(
     name="baseline",
     description="Built-in rules applied when no policy set is defined.",
-    checks=[CheckEntry(check=name) for name in CHECKS],
+    checks=[CheckEntry(check=name) for name, check in CHECKS.items() if not check.opt_in],
 )
 
 

@@ -50,6 +50,7 @@ def describe_checks() -> list[dict[str, Any]]:
             "severity": c.severity.value,
             "description": c.description,
             "time_dependent": c.time_dependent,
+            "opt_in": c.opt_in,
             "params_schema": c.params.model_json_schema(),
         }
         for c in CHECKS.values()

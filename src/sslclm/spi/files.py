@@ -10,10 +10,12 @@ failure during them puts back the targets already renamed.
 from __future__ import annotations
 
 import contextlib
+import errno
 import grp
 import os
 import pwd
 import re
+import secrets
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -100,6 +102,33 @@ def _write_temp(spec: FileSpec, content: bytes, mode: int, uid: int, gid: int) -
     return temp
 
 
+# Where a file system has no hard links (some network and FUSE mounts), the previous content is copied.
+_NO_HARD_LINKS = frozenset({errno.EPERM, errno.EXDEV, errno.EMLINK, errno.ENOTSUP, errno.EOPNOTSUPP})
+
+
+def _keep_previous(path: Path) -> Path:
+    """A temporary second name for what ``path`` holds now, renamed to ``<name>.previous`` later.
+
+    A hard link: the rename that replaces ``path`` leaves its old inode, content, mode and owner
+    untouched to the link, so nothing is copied or fsynced again (the directory's fsync makes the
+    link durable). The file system's lack of hard links falls back to a copy.
+    """
+    link = path.with_name(f".{path.name}.{secrets.token_hex(6)}.previous.tmp")
+    try:
+        os.link(path, link)
+        return link
+    except OSError as exc:
+        if exc.errno not in _NO_HARD_LINKS:
+            raise _fail("keep the previous content of", path, exc) from None
+    try:
+        current = path.stat()
+        held = path.read_bytes()
+    except OSError as exc:
+        raise _fail("read", path, exc) from None
+    backup = FileSpec(path.with_name(path.name + PREVIOUS_SUFFIX), b"")
+    return _write_temp(backup, held, current.st_mode & 0o777, current.st_uid, current.st_gid)
+
+
 def write_file_set(files: Sequence[FileSpec], *, keep_previous: bool = True) -> bool:
     """Replaces every file of ``files`` atomically; True if any of them existed before.
 
@@ -115,15 +144,7 @@ def write_file_set(files: Sequence[FileSpec], *, keep_previous: bool = True) -> 
             if spec.path.exists():
                 existed = True
                 if keep_previous:
-                    try:
-                        current = spec.path.stat()
-                        held = spec.path.read_bytes()
-                    except OSError as exc:
-                        raise _fail("read", spec.path, exc) from None
-                    backup = FileSpec(spec.path.with_name(spec.path.name + PREVIOUS_SUFFIX), b"")
-                    previous = _write_temp(
-                        backup, held, current.st_mode & 0o777, current.st_uid, current.st_gid
-                    )
+                    previous = _keep_previous(spec.path)
             staged.append((spec, _write_temp(spec, spec.content, spec.mode, uid, gid), previous))
     except BaseException:
         for _, temp, previous in staged:
