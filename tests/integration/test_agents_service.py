@@ -12,7 +12,7 @@ from sslclm.agents.models import Agent, AgentJob
 from sslclm.agents.remote import applier
 from sslclm.audit.service import AuditContext
 from sslclm.core.platform import Platform
-from sslclm.errors import AuthenticationError, ConflictError, PermissionDeniedError
+from sslclm.errors import AuthenticationError, ConflictError, NotFoundError, PermissionDeniedError
 from sslclm.pki.identity import IdentityFacts, identity_facts, new_identity_request
 from sslclm.protocol import AgentCapabilities, JobResult, RegisterRequest
 
@@ -146,3 +146,11 @@ def test_a_renewed_identity_replaces_the_old_certificate(platform: Platform) -> 
         assert service.authenticate(session, new).id == agent.id
         with pytest.raises(AuthenticationError, match="no registered agent"):
             service.authenticate(session, old)
+
+
+def test_an_agent_reference_too_long_for_an_id_is_not_found(platform: Platform) -> None:
+    agent = _register(platform, "digits-host")
+    with platform.sessions() as session:
+        assert service.get_agent(session, str(agent.id)).name == "digits-host"
+        with pytest.raises(NotFoundError):
+            service.get_agent(session, "9" * 60)

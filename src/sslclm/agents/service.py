@@ -311,9 +311,10 @@ def renew_identity(
 
 def get_agent(session: Session, ref: str | int) -> Agent:
     text = str(ref)
+    # Ids are 64-bit: a longer run of digits is a name (or nothing), not an out-of-range integer.
     query = (
         select(Agent).where(Agent.id == int(text))
-        if text.isdigit()
+        if text.isdigit() and len(text) <= 18
         else select(Agent).where(Agent.name == text)
     )
     agent = session.execute(query).scalar_one_or_none()

@@ -49,6 +49,7 @@ NOTICES = {
     "retried": "Job queued again.",
     "cancelled": "Cancellation requested.",
     "scan": "Scan queued.",
+    "validate": "Validation queued for the agent hosting the store; its job shows on the agent's page.",
     "checked": "Connection checked.",
     "created": "Created.",
     "approved": "Approved.",

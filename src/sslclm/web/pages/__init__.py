@@ -6,6 +6,7 @@ from fastapi import APIRouter
 
 from sslclm.web.pages import (
     admin,
+    agent_stores,
     agents,
     audit,
     certificate,
@@ -33,6 +34,7 @@ ROUTERS: list[APIRouter] = [
     discovery.router,
     schedules.router,
     connectors.router,
+    agent_stores.router,
     agents.router,
     notifications.router,
     policy_forms.router,

@@ -27,6 +27,7 @@ from sslclm.web.common import (
     render,
 )
 from sslclm.web.forms import split_lines
+from sslclm.web.pages.agent_stores import hosted_stores
 
 router = APIRouter(include_in_schema=False)
 STATUSES = [status.value for status in AgentStatus]
@@ -167,11 +168,14 @@ def agent_page(ref: str, request: Request, principal: CertReader, session: Sessi
     jobs = list(session.execute(query).scalars())
     more = len(jobs) > PAGE_SIZE
     jobs = jobs[:PAGE_SIZE]
+    stores, more_stores = hosted_stores(session, agent)
     return render(
         request,
         "agent.html",
         {
             "agent": service.describe(agent),
+            "stores": stores,
+            "more_stores": more_stores,
             "jobs": [queue.describe_job(job) for job in jobs],
             "next_url": f"/ui/agents/{agent.id}?cursor={jobs[-1].id}" if more else None,
         },

@@ -14,6 +14,7 @@ from sslclm.auth.permissions import Permission
 from sslclm.errors import InvalidInputError, SslClmError
 from sslclm.spi.capabilities import ConnectorKind
 from sslclm.web.common import CertReader, WebPrincipal, audit_context, error_message, redirect, render
+from sslclm.web.pages.agent_stores import runs_on
 from sslclm.web.schema_form import config_from_form, form_fields
 from sslclm.workflows import connections
 
@@ -38,7 +39,12 @@ def _overview(session: Session) -> dict[str, Any]:
                 "kind": kind,
                 "title": title,
                 "rows": [
-                    {"row": row, "config": connections.masked_config(row, registry)}
+                    {
+                        "row": row,
+                        "config": connections.masked_config(row, registry),
+                        # Only a store can be hosted on an agent.
+                        "runs_on": runs_on(session, row) if kind == ConnectorKind.CERT_STORE.value else None,
+                    }
                     for row in connections.list_connections(session, ConnectorKind(kind))
                 ],
                 "types": described["types"],
