@@ -1,7 +1,8 @@
 """Deployment throughput (issue 5), in one run, each platform figure beside its bare cost:
 
 (a) bare pem-files: the same four files per certificate (certificate, key, chain, full chain) written
-    the way the store writes them (temporary file, fsync, rename, then fsync of the directory), in a loop;
+    the way the store writes them (temporary file, fsync, rename, then fsync of the directory), in a loop,
+    once before the platform's runs and once after them (the faster of the two is the bare rate);
 (b) ``--deployments`` deployments to a pem-files store, enqueued as a renewal enqueues them (in
     ``certificate.deploy-batch`` jobs of up to 100 bindings of the store) and run by real
     ``sslclm worker`` processes on a fresh PostgreSQL database: each job reads the certificates and
@@ -371,7 +372,10 @@ def run(admin_url: str, deployments: int, workers: int, concurrency: int) -> dic
         moto_server(WORK_DIR / "deploy-moto.log", pids=moto_pids) as moto_url,
     ):
         home_dir = Path(home)
-        result["bare_files"] = bare_files(home_dir / "bare", pem_material[WARM_UP:])
+        # The file loop runs before and after the platform: this host's fsync slows once writes have
+        # been sustained, so one measurement can meet a quieter disk than the platform does. The
+        # faster of the two is the bare rate (the stricter comparison); both are kept.
+        bare_files_before = bare_files(home_dir / "bare", pem_material[WARM_UP:])
         result["bare_secrets"] = bare_secrets(moto_url, moto_pids[0], aws_material[WARM_UP:])
         master_key = base64.b64encode(secrets.token_bytes(32)).decode()
         env = {
@@ -398,6 +402,9 @@ def run(admin_url: str, deployments: int, workers: int, concurrency: int) -> dic
             result["platform_secrets"] = platform_run(
                 platform, database, pids, moto_pids, aws_store, profile_id, aws_material
             )
+            bare_files_after = bare_files(home_dir / "bare-after", pem_material[WARM_UP:])
+            result["bare_files_runs"] = [bare_files_before, bare_files_after]
+            result["bare_files"] = max(bare_files_before, bare_files_after, key=lambda r: r["per_second"])
         finally:
             for process in processes:
                 process.send_signal(signal.SIGTERM)
@@ -460,7 +467,12 @@ def summary(result: dict[str, Any]) -> str:
             ]
         )
     load = ", ".join(str(v) for v in result["load_average_before"])
-    return format_table(["", "measured", "ratio", "bar"], rows) + f"\nload average before: {load}"
+    runs = " and ".join(f"{r['per_second']:,.1f}/s" for r in result.get("bare_files_runs", []))
+    return (
+        format_table(["", "measured", "ratio", "bar"], rows)
+        + f"\nbare pem-files before and after the platform: {runs} (the faster is the bare rate)"
+        + f"\nload average before: {load}"
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
