@@ -11,7 +11,7 @@
 (c) bare Secrets Manager: the same ``PutSecretValue`` calls with boto3 in a loop, against moto's server;
 (d) ``--deployments`` deployments to an aws-secrets-manager store on the same server, the same way.
 
-    python -m bench.deploy --deployments 1000 --workers 2 --concurrency 8
+    python -m bench.deploy --deployments 1000 --workers 2 --concurrency 2
 
 The certificates are "renewed": each managed certificate's current certificate and its key are
 already in the platform (seeded in bulk, not measured), as a renewal leaves them before it enqueues
@@ -479,7 +479,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.deploy", description=__doc__.split("\n\n")[0])
     parser.add_argument("--deployments", type=int, default=1000)
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--concurrency", type=int, default=2)
     parser.add_argument("--database-url", default=DEFAULT_PG, help="A PostgreSQL server (admin URL).")
     args = parser.parse_args(argv)
     result = run(args.database_url, args.deployments, args.workers, args.concurrency)
