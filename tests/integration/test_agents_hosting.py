@@ -126,6 +126,8 @@ def test_hosting_rules(client: TestClient, hosted: dict[str, Any]) -> None:
     assert moved.status_code == 200 and moved.json()["runs_on"] == "agent 'host-b'"
     scan = client.post(f"{API}/stores/pem/scan", headers=admin)
     assert scan.status_code == 409 and "hosted on an agent" in scan.text
+    check = client.post(f"{API}/stores/pem/check", headers=admin)
+    assert check.status_code == 409 and "check it there with 'sslclm store validate'" in check.text
     reader = client.put(f"{API}/stores/pem/host", json={}, headers={})
     assert reader.status_code == 401
 
