@@ -117,7 +117,9 @@ def _bind(stack: Stack, managed_id: int, store: str, alias: str, **extra: Any) -
 
 
 def _fingerprint_of_pem(pem: str) -> str:
-    return hashlib.sha256(ssl.PEM_cert_to_DER_cert(pem)).hexdigest()
+    """Of the first certificate: a full chain file holds the leaf, then its issuers when known."""
+    end = "-----END CERTIFICATE-----"
+    return hashlib.sha256(ssl.PEM_cert_to_DER_cert(pem.split(end, 1)[0] + end + "\n")).hexdigest()
 
 
 def _served(port: int) -> str:

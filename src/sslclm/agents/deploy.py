@@ -20,10 +20,10 @@ from pydantic import BaseModel
 from sqlalchemy import select
 
 from sslclm.agents.hosting import dispatch_store_job, host_of, target_of
-from sslclm.audit.service import AuditContext, record
-from sslclm.deployments.models import Deployment, StoreBinding
+from sslclm.audit.service import AuditContext
+from sslclm.deployments.models import StoreBinding
 from sslclm.deployments.service import ChainLink, build_store, chain_for, get_binding, needs_private_key
-from sslclm.deployments.tasks import start_deploy
+from sslclm.deployments.tasks import mark_deployed, mark_undeployed, start_deploy
 from sslclm.errors import ConnectorError, InvalidInputError, NotFoundError
 from sslclm.inventory.models import Certificate
 from sslclm.jobs.steps import Done, StepContext, Wait
@@ -125,16 +125,6 @@ def route_to_agent(ctx: StepContext, binding: StoreBinding, deployment_id: int, 
     )
 
 
-def _finish_history(ctx: StepContext, fingerprint: str | None) -> None:
-    deployment_id = ctx.state.get("deployment_id")
-    deployment = ctx.session.get(Deployment, int(deployment_id)) if deployment_id else None
-    if deployment is not None:
-        deployment.status = "succeeded"
-        deployment.error = None
-        deployment.fingerprint = fingerprint or deployment.fingerprint
-        deployment.finished_at = ctx.now
-
-
 @start_deploy.step(AGENT_STEP)
 def agent_done(ctx: StepContext) -> Done:
     """Records what the agent did, as the server records a deployment to its own stores."""
@@ -146,45 +136,13 @@ def agent_done(ctx: StepContext) -> Done:
     if error:
         raise ConnectorError(f"the agent reported: {error}", retryable=False)
     if str(ctx.payload.get("action", "deploy")) != "deploy":
-        binding.status = "undeployed"
-        binding.error = None
-        binding.last_deployed_fingerprint = None
-        binding.last_deployed_certificate_id = None
-        binding.updated_at = ctx.now
-        _finish_history(ctx, None)
-        record(
-            ctx.session,
-            _audit(ctx),
-            "deployment.undeployed",
-            "store_binding",
-            binding.id,
-            {"store": connection.name, "alias": binding.alias, "agent_job": ctx.state.get("agent_job")},
-        )
+        mark_undeployed(ctx, binding, connection, agent_job=ctx.state.get("agent_job"))
         return Done({"binding_id": binding.id}, message="removed from the store by the agent")
     answer = ctx.state.get(f"agent_{STORE_DEPLOY.replace('-', '_')}")
     if not isinstance(answer, dict):
         raise InvalidInputError("the agent's answer holds no deployment result")
     fingerprint = StoreDeployResult.model_validate(answer).fingerprint
-    binding.status = "deployed"
-    binding.error = None
-    binding.last_deployed_fingerprint = fingerprint
-    binding.last_deployed_certificate_id = int(ctx.payload["certificate_id"])
-    binding.last_deployed_at = ctx.now
-    binding.updated_at = ctx.now
-    _finish_history(ctx, fingerprint)
-    record(
-        ctx.session,
-        _audit(ctx),
-        "deployment.deployed",
-        "store_binding",
-        binding.id,
-        {
-            "store": connection.name,
-            "alias": binding.alias,
-            "fingerprint": fingerprint,
-            "agent_job": ctx.state.get("agent_job"),
-        },
-    )
+    mark_deployed(ctx, binding, connection, fingerprint, agent_job=ctx.state.get("agent_job"))
     return Done(
         {"binding_id": binding.id, "fingerprint": fingerprint}, message="deployed and verified by the agent"
     )

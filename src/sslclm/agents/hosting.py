@@ -73,10 +73,6 @@ def host_of(session: Session, connection: Connection) -> Host | None:
     return None
 
 
-def is_hosted(connection: Connection) -> bool:
-    return connection.agent_id is not None or bool(connection.agent_label)
-
-
 def describe_host(session: Session, connection: Connection) -> dict[str, Any]:
     host = host_of(session, connection)
     return {

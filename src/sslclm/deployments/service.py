@@ -202,7 +202,7 @@ def deploys_in_batch(
     """Whether a deployment to a binding goes in a ``certificate.deploy-batch`` job: the server runs the
     store (no agent by id or label), there is no endpoint to verify by a handshake, and the store needs
     no reload (nginx, HAProxy: their reload, handshake and rollback stay one job per binding)."""
-    if agent_id is not None or agent_label is not None or verify_host:
+    if agent_id is not None or agent_label or verify_host:
         return False
     try:
         kind = connector_registry().get(ConnectorKind.CERT_STORE, type_key)
@@ -372,7 +372,7 @@ def request_scan(
 ) -> tuple[Connection, Job]:
     """Enqueues a read of the store's inventory into the certificate inventory (one pending per store)."""
     row = store_connection(session, ref)
-    if row.agent_id is not None or row.agent_label:
+    if row.hosted_on_agent:
         # Its files are on the agent's host, not here: the agent reads them (sslclm.agents.validation).
         raise ConflictError(
             f"store '{row.name}' is hosted on an agent; read it with 'sslclm store validate'", field="store"

@@ -227,32 +227,39 @@ def _verify_and_finish(
     if problem is not None:
         undone = rollback(ctx, binding, store, replaced=replaced)
         raise ConnectorError(f"{problem} ({undone})", retryable=False)
-    certificate_id = int(ctx.payload["certificate_id"])
+    mark_deployed(ctx, binding, connection, expected, deployment_id=deployment_id)
+    return Done({"binding_id": binding.id, "fingerprint": expected}, message="deployed and verified")
+
+
+def mark_deployed(
+    ctx: StepContext,
+    binding: StoreBinding,
+    connection: Connection,
+    fingerprint: str,
+    *,
+    deployment_id: int | None = None,
+    **audited: Any,
+) -> None:
+    """The binding holds the job's certificate now: its state, the history row and the audit event."""
     binding.status = "deployed"
     binding.error = None
-    binding.last_deployed_fingerprint = expected
-    binding.last_deployed_certificate_id = certificate_id
+    binding.last_deployed_fingerprint = fingerprint
+    binding.last_deployed_certificate_id = int(ctx.payload["certificate_id"])
     binding.last_deployed_at = ctx.now
     binding.updated_at = ctx.now
-    _finish_history(ctx, "succeeded", None, fingerprint=expected, deployment_id=deployment_id)
+    _finish_history(ctx, "succeeded", None, fingerprint=fingerprint, deployment_id=deployment_id)
     record(
         ctx.session,
         _audit(ctx),
         "deployment.deployed",
         "store_binding",
         binding.id,
-        {"store": connection.name, "alias": binding.alias, "fingerprint": expected},
+        {"store": connection.name, "alias": binding.alias, "fingerprint": fingerprint, **audited},
     )
-    return Done({"binding_id": binding.id, "fingerprint": expected}, message="deployed and verified")
 
 
-@start_deploy.step("remove")
-def remove_from_store(ctx: StepContext) -> Done:
-    binding, connection, store = _binding_and_store(ctx)
-    # Already gone (a retried step, or removed by hand): the goal is reached.
-    with contextlib.suppress(NotFoundError):
-        store.remove(RemoveRequest(alias=binding.alias))
-    reload_if_supported(store)
+def mark_undeployed(ctx: StepContext, binding: StoreBinding, connection: Connection, **audited: Any) -> None:
+    """The binding's certificate is gone from the store: its state, the history row and the audit event."""
     binding.status = "undeployed"
     binding.error = None
     binding.last_deployed_fingerprint = None
@@ -265,8 +272,18 @@ def remove_from_store(ctx: StepContext) -> Done:
         "deployment.undeployed",
         "store_binding",
         binding.id,
-        {"store": connection.name, "alias": binding.alias},
+        {"store": connection.name, "alias": binding.alias, **audited},
     )
+
+
+@start_deploy.step("remove")
+def remove_from_store(ctx: StepContext) -> Done:
+    binding, connection, store = _binding_and_store(ctx)
+    # Already gone (a retried step, or removed by hand): the goal is reached.
+    with contextlib.suppress(NotFoundError):
+        store.remove(RemoveRequest(alias=binding.alias))
+    reload_if_supported(store)
+    mark_undeployed(ctx, binding, connection)
     return Done({"binding_id": binding.id}, message="removed from the store")
 
 

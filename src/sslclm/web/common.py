@@ -14,6 +14,7 @@ from urllib.parse import urlencode
 from fastapi import Depends, Request
 from fastapi.responses import RedirectResponse
 from fastapi.templating import Jinja2Templates
+from sqlalchemy.orm import Session
 from starlette.responses import Response
 
 from sslclm.api.deps import get_principal
@@ -129,6 +130,20 @@ def redirect(url: str, done: str | None = None) -> RedirectResponse:
 def error_message(exc: SslClmError) -> str:
     field = exc.field
     return f"{field}: {exc.message}" if field and field not in exc.message else exc.message
+
+
+def action_refused(
+    request: Request, principal: Principal, session: Session, exc: SslClmError, title: str = "Not done"
+) -> Response:
+    """The error page for a form action the platform refused; what the action had changed is rolled back."""
+    session.rollback()
+    return render(
+        request,
+        "error.html",
+        {"title": title, "message": error_message(exc)},
+        principal=principal,
+        status_code=exc.http_status,
+    )
 
 
 def format_time(value: datetime | None) -> str:

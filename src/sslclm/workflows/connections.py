@@ -257,7 +257,7 @@ def check_connection(
     session: Session, ctx: AuditContext, platform: Platform, connection: Connection
 ) -> CheckResult:
     """Runs the connector's credentials and reachability check and keeps the outcome on the row."""
-    if connection.agent_id is not None or connection.agent_label:
+    if connection.hosted_on_agent:
         # Its files and programs are on the agent's host: a check run here would test the wrong machine.
         raise ConflictError(
             f"store '{connection.name}' is hosted on an agent; check it there with 'sslclm store validate'",

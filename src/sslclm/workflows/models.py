@@ -34,6 +34,11 @@ class Connection(Base):
 
     __table_args__ = (UniqueConstraint("kind", "name"),)
 
+    @property
+    def hosted_on_agent(self) -> bool:
+        """Run by an agent (by id or by label) rather than by the server."""
+        return self.agent_id is not None or bool(self.agent_label)
+
 
 class ConnectorStateEntry(Base):
     """One key of a connector instance's own persistent state (see ``sslclm.spi.context.StateStore``)."""

@@ -109,7 +109,7 @@ def _render(
         {
             "store": store,
             "runs_on": runs_on(session, store),
-            "hosted": hosting.is_hosted(store),
+            "hosted": store.hosted_on_agent,
             "manage": manage,
             "agents": eligible_agents(session, store.type_key) if manage else [],
             "max_choices": MAX_CHOICES,

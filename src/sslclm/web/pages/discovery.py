@@ -18,6 +18,7 @@ from sslclm.web.common import (
     PAGE_SIZE,
     CertReader,
     WebPrincipal,
+    action_refused,
     audit_context,
     error_message,
     redirect,
@@ -121,14 +122,7 @@ def cancel(
         service.cancel_scan(session, audit_context(request, principal), scan_id, now=platform.clock())
         session.commit()
     except SslClmError as exc:
-        session.rollback()
-        return render(
-            request,
-            "error.html",
-            {"title": "Not done", "message": error_message(exc)},
-            principal=principal,
-            status_code=exc.http_status,
-        )
+        return action_refused(request, principal, session, exc, "Not done")
     return redirect(f"/ui/scans/{scan_id}", "cancelled")
 
 

@@ -27,6 +27,7 @@ from sslclm.web.common import (
     PAGE_SIZE,
     CertReader,
     WebPrincipal,
+    action_refused,
     audit_context,
     error_message,
     redirect,
@@ -231,12 +232,5 @@ def bulk_action(
             raise InvalidInputError("choose an action: tag, owner, renew or export", field="action")
         session.commit()
     except SslClmError as exc:
-        session.rollback()
-        return render(
-            request,
-            "error.html",
-            {"title": "Bulk action not done", "message": error_message(exc)},
-            principal=principal,
-            status_code=exc.http_status,
-        )
+        return action_refused(request, principal, session, exc, "Bulk action not done")
     return redirect(target, done)

@@ -11,13 +11,13 @@ from starlette.responses import Response
 
 from sslclm.api.deps import PlatformDep, SessionDep
 from sslclm.auth.permissions import Permission
-from sslclm.auth.principal import Principal
 from sslclm.errors import InvalidInputError, SslClmError
 from sslclm.policies.enrollment import BLOCKING, PURPOSE_EKUS, check_enrollment
 from sslclm.web.common import (
     PAGE_SIZE,
     CertReader,
     WebPrincipal,
+    action_refused,
     audit_context,
     error_message,
     redirect,
@@ -180,8 +180,7 @@ def renew(
         )
         session.commit()
     except SslClmError as exc:
-        session.rollback()
-        return _refused(request, principal, exc)
+        return action_refused(request, principal, session, exc)
     return redirect(f"/ui/jobs/{job.id}", "renew")
 
 
@@ -221,16 +220,5 @@ def decide(
             raise InvalidInputError("decide with approve or reject", field="decision")
         session.commit()
     except SslClmError as exc:
-        session.rollback()
-        return _refused(request, principal, exc)
+        return action_refused(request, principal, session, exc)
     return redirect("/ui/approvals", "approved" if decision == "approve" else "rejected")
-
-
-def _refused(request: Request, principal: Principal, exc: SslClmError) -> Response:
-    return render(
-        request,
-        "error.html",
-        {"title": "Not done", "message": error_message(exc)},
-        principal=principal,
-        status_code=exc.http_status,
-    )

@@ -19,7 +19,15 @@ from sslclm.pki import KEY_TYPES
 from sslclm.policies import service
 from sslclm.policies.checks import CHECKS
 from sslclm.spi.capabilities import ConnectorKind
-from sslclm.web.common import CertReader, WebPrincipal, audit_context, error_message, redirect, render
+from sslclm.web.common import (
+    CertReader,
+    WebPrincipal,
+    action_refused,
+    audit_context,
+    error_message,
+    redirect,
+    render,
+)
 from sslclm.web.forms import split_lines, validation_message
 from sslclm.workflows import connections, profiles
 from sslclm.workflows.planner import DEFAULT_FRACTION, MODES
@@ -237,14 +245,7 @@ def create_exemption(
         service.create_exemption(session, audit_context(request, principal), data, now=platform.clock())
         session.commit()
     except SslClmError as exc:
-        session.rollback()
-        return render(
-            request,
-            "error.html",
-            {"title": "Exemption not granted", "message": error_message(exc)},
-            principal=principal,
-            status_code=exc.http_status,
-        )
+        return action_refused(request, principal, session, exc, "Exemption not granted")
     return redirect("/ui/policies", "created")
 
 
@@ -259,14 +260,7 @@ def delete_exemption(
         )
         session.commit()
     except SslClmError as exc:
-        session.rollback()
-        return render(
-            request,
-            "error.html",
-            {"title": "Exemption not withdrawn", "message": error_message(exc)},
-            principal=principal,
-            status_code=exc.http_status,
-        )
+        return action_refused(request, principal, session, exc, "Exemption not withdrawn")
     return redirect("/ui/policies", "deleted")
 
 
@@ -280,12 +274,5 @@ def delete_policy(
         service.delete_policy(session, audit_context(request, principal), name, now=platform.clock())
         session.commit()
     except SslClmError as exc:
-        session.rollback()
-        return render(
-            request,
-            "error.html",
-            {"title": "Policy not deleted", "message": error_message(exc)},
-            principal=principal,
-            status_code=exc.http_status,
-        )
+        return action_refused(request, principal, session, exc, "Policy not deleted")
     return redirect("/ui/policies", "deleted")
