@@ -169,20 +169,7 @@ def test_the_migration_matches_the_inventory_models(platform: Platform) -> None:
             MigrationContext.configure(connection, opts={"compare_type": True}), Base.metadata
         )
     ours = {"issuer_certificate_counts", "certificates", "issuers", "sightings"}
-    if platform.engine.dialect.name == "sqlite":
-        # The trigram index is PostgreSQL's (``ddl_if``); SQLite searches through its FTS5 table.
-        diffs = [d for d in diffs if "ix_certificates_search_text_trgm" not in _index_names(d)]
     assert [d for d in diffs if ours & set(_tables_named(d))] == []
-
-
-def _index_names(diff: object) -> list[str]:
-    items = diff if isinstance(diff, list) else [diff]
-    return [
-        str(part.name)
-        for item in items
-        for part in (item[1:] if isinstance(item, tuple) else ())
-        if type(part).__name__ == "Index"
-    ]
 
 
 def _tables_named(diff: object) -> list[str]:

@@ -1,8 +1,10 @@
-"""Free-text search through the trigram index: the same rows a substring scan finds, on both backends."""
+"""Free-text search: the indexes find exactly what a scan of every row would, on both backends,
+whether the certificates are still queued for the trigram index, indexed, or some of each."""
 
 from __future__ import annotations
 
 import hashlib
+import re
 import time
 import uuid
 from datetime import datetime, timedelta
@@ -23,7 +25,8 @@ from sslclm.errors import InvalidInputError
 from sslclm.inventory import query
 from sslclm.inventory.importer import import_paths
 from sslclm.inventory.models import Certificate, Issuer
-from sslclm.inventory.query import COMMON_TERM_MATCHES, CertificateFilter, iter_certificates
+from sslclm.inventory.query import CertificateFilter, iter_certificates
+from sslclm.inventory.search import COMMON_TERM_MATCHES, index_pending, pending_count
 from tests.conftest import ApiUser
 from tests.support.certs import NOW, make_ca, make_leaf
 
@@ -84,10 +87,35 @@ def _found(platform: Platform, q: str) -> set[int]:
 
 
 def _scanned(platform: Platform, q: str) -> set[int]:
-    """What the substring scan finds, worked out in Python over every row."""
+    """What ``q`` should match, worked out in Python over every row: a substring of the text or of
+    the issuer's DN, or the start of the serial or fingerprint in hex."""
+    term = q.lower()
+    digits = term.replace(":", "").replace(" ", "")
+    hex_prefix = digits if re.fullmatch("[0-9a-f]+", digits) else None
     with platform.sessions() as session:
-        rows = session.execute(select(Certificate.id, Certificate.search_text)).all()
-    return {cert_id for cert_id, search_text in rows if q.lower() in search_text}
+        rows = session.execute(
+            select(
+                Certificate.id,
+                Certificate.search_text,
+                Issuer.dn,
+                Certificate.serial,
+                Certificate.fingerprint_sha256,
+            ).join(Issuer, Issuer.id == Certificate.issuer_id)
+        ).all()
+    return {
+        cert_id
+        for cert_id, search_text, issuer, serial, fingerprint in rows
+        if term in search_text
+        or term in issuer.lower()
+        or (hex_prefix is not None and (serial.startswith(hex_prefix) or fingerprint.startswith(hex_prefix)))
+    }
+
+
+def _index(platform: Platform, limit: int | None = None) -> int:
+    with platform.sessions() as session:
+        indexed = index_pending(session, limit) if limit else index_pending(session)
+        session.commit()
+    return indexed
 
 
 TERMS = [
@@ -95,40 +123,29 @@ TERMS = [
     "HOST12",  # upper case matches the lower-cased text
     "svc-3.example",  # about a seventh of the rows: still under the common bound
     "example.com",  # nearly every row: the sorted walk with LIKE
-    "42",  # too short for a trigram
+    "42",  # too short for a trigram; also the start of some serials
     "_5",  # LIKE wildcards are literal
     '%"quoted"',
+    "odd_1000%",
     "ümlaut-77",
+    "search ca",  # the issuer's name
+    "13a",  # the start of a serial (hex), and text
+    "8f:1c",  # the start of fingerprints, written with colons
     "nowhere-to-be-found",
 ]
 
 
+@pytest.mark.parametrize("state", ["queued", "indexed", "half"])
 @pytest.mark.parametrize("term", TERMS)
-def test_search_finds_exactly_the_substring_matches(seeded: Platform, term: str) -> None:
+def test_search_finds_exactly_what_a_scan_finds(seeded: Platform, term: str, state: str) -> None:
+    if state == "indexed":
+        assert _index(seeded) == ROWS
+    elif state == "half":
+        assert _index(seeded, ROWS // 2) == ROWS // 2
     assert _found(seeded, term) == _scanned(seeded, term)
 
 
-def test_the_index_follows_updates_deletes_and_imports(seeded: Platform, tmp_path: Path) -> None:
-    platform = seeded
-    with platform.sessions() as session:
-        session.execute(
-            update(Certificate)
-            .where(Certificate.serial == "1a")
-            .values(search_text="renamed-zebra.example.org")
-        )
-        session.execute(delete(Certificate).where(Certificate.serial == "1b"))
-        session.commit()
-    assert len(_found(platform, "zebra")) == 1
-    assert _found(platform, "host26.") == set()  # serial 1a was host26
-    assert _found(platform, "host27.") == set()  # serial 1b was host27, deleted
-    # The bulk importer's path (driver-level inserts) lands in the index too.
-    ca = make_ca("Search Import CA")
-    files = tmp_path / "files"
-    files.mkdir()
-    (files / "leaf.pem").write_bytes(make_leaf(ca, "Imported-Kiwi.example.org", days=40).pem)
-    assert import_paths(platform, [files], CTX, workers=1).imported == 1
-    assert len(_found(platform, "imported-kiwi")) == 1
-    assert len(_found(platform, "search import ca")) == 1
+def _check_integrity(platform: Platform) -> None:
     if platform.engine.dialect.name == "sqlite":
         with platform.engine.begin() as connection:
             # Raises if the index and the certificates' text disagree anywhere.
@@ -137,10 +154,75 @@ def test_the_index_follows_updates_deletes_and_imports(seeded: Platform, tmp_pat
             )
     else:
         with platform.engine.connect() as connection:
-            index = connection.execute(
-                text("SELECT indexdef FROM pg_indexes WHERE indexname = 'ix_certificates_search_text_trgm'")
+            stale = connection.exec_driver_sql(
+                "SELECT count(*) FROM certificates_search s JOIN certificates c ON c.id = s.certificate_id "
+                "WHERE s.search_text <> c.search_text"
             ).scalar_one()
-        assert "gin_trgm_ops" in index
+            index = connection.execute(
+                text("SELECT indexdef FROM pg_indexes WHERE indexname = 'ix_certificates_search_trgm'")
+            ).scalar_one()
+        assert stale == 0 and "gin_trgm_ops" in index
+
+
+@pytest.mark.parametrize("indexed_first", [False, True])
+def test_the_index_follows_updates_deletes_and_imports(
+    seeded: Platform, tmp_path: Path, indexed_first: bool
+) -> None:
+    platform = seeded
+    if indexed_first:
+        _index(platform)
+    with platform.sessions() as session:
+        session.execute(
+            update(Certificate)
+            .where(Certificate.serial == "1a")
+            .values(search_text="renamed-zebra.example.org")
+        )
+        session.execute(delete(Certificate).where(Certificate.serial == "1b"))
+        session.commit()
+    for _ in range(2):  # before and after the queue is indexed
+        assert len(_found(platform, "zebra")) == 1
+        assert _found(platform, "host26.") == set()  # serial 1a was host26
+        assert _found(platform, "host27.") == set()  # serial 1b was host27, deleted
+        _index(platform)
+        _check_integrity(platform)
+    with platform.sessions() as session:
+        assert pending_count(session) == 0
+    # The bulk importer's path (driver-level inserts) is queued, and the import indexes it.
+    ca = make_ca("Search Import CA")
+    files = tmp_path / "files"
+    files.mkdir()
+    (files / "leaf.pem").write_bytes(make_leaf(ca, "Imported-Kiwi.example.org", days=40).pem)
+    assert import_paths(platform, [files], CTX, workers=1).imported == 1
+    with platform.sessions() as session:
+        assert pending_count(session) == 0
+    assert len(_found(platform, "imported-kiwi")) == 1
+    assert len(_found(platform, "search import ca")) == 1
+    _check_integrity(platform)
+
+
+def test_the_index_job_works_through_the_queue_in_chunks(
+    seeded: Platform, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from sslclm.inventory import search
+    from sslclm.jobs import TaskRegistry, Worker, default_registry, enqueue
+
+    monkeypatch.setattr(search, "INDEX_CHUNK", 2000)
+    with seeded.sessions() as session:
+        job = enqueue(session, search.INDEX_SEARCH_TASK, {}, now=seeded.clock())
+        session.commit()
+        job_id = job.id
+    registry = TaskRegistry()
+    registry.add(default_registry.get(search.INDEX_SEARCH_TASK))
+    Worker(seeded, registry=registry, concurrency=1, poll_interval=0.05).run_until_idle()
+    from sslclm.jobs.models import Job
+
+    with seeded.sessions() as session:
+        done = session.get(Job, job_id)
+        assert done is not None and done.status == "succeeded"
+        assert done.result == {"indexed": ROWS}
+        assert pending_count(session) == 0
+    _check_integrity(seeded)
+    assert len(_found(seeded, "host4242.")) == 1
 
 
 def test_api_and_console_search_agree(
@@ -185,7 +267,12 @@ def _migrate(engine: Engine, revision: str, *, down: bool = False) -> None:
         (command.downgrade if down else command.upgrade)(config, revision)
 
 
-def test_the_migration_indexes_existing_rows_and_downgrades(empty_database_url: str) -> None:
+def _search_texts(engine: Engine) -> list[str]:
+    with engine.connect() as connection:
+        return list(connection.execute(select(Certificate.search_text).order_by(Certificate.id)).scalars())
+
+
+def test_the_migrations_queue_existing_rows_and_downgrade(empty_database_url: str) -> None:
     engine = create_db_engine(empty_database_url)
     try:
         _migrate(engine, "0013")
@@ -194,20 +281,35 @@ def test_the_migration_indexes_existing_rows_and_downgrades(empty_database_url: 
                 insert(Issuer), [{"dn_hash": "1" * 64, "dn": "CN=Old CA", "common_name": "Old"}]
             )
             issuer_id = connection.execute(select(Issuer.id)).scalar_one()
-            row = _rows_for(issuer_id, count=3)
-            connection.execute(insert(Certificate), row)
-        _migrate(engine, "0014")
+            rows = _rows_for(issuer_id, count=3)
+            connection.execute(insert(Certificate), rows)
+        _migrate(engine, "0016")
+        _migrate(engine, "0017")
+        # The lean text: subject and SAN values; the issuer, serial and fingerprint are left out.
+        assert _search_texts(engine) == [f"cn={r['common_name']}\n{r['common_name']}" for r in rows]
         with Session(engine) as session:
-            found = query.list_certificates(
-                session, CertificateFilter(q="host1.svc"), now=NOW, expiring_days=30
-            )
-            assert [item["common_name"] for item in found.items] == ["host1.svc-1.example.com"]
-        _migrate(engine, "0013", down=True)
+            assert pending_count(session) == 3
+            for state in ("queued", "indexed"):
+                found = query.list_certificates(
+                    session, CertificateFilter(q="host1.svc"), now=NOW, expiring_days=30
+                )
+                assert [item["common_name"] for item in found.items] == ["host1.svc-1.example.com"], state
+                by_issuer = query.list_certificates(
+                    session, CertificateFilter(q="old ca"), now=NOW, expiring_days=30
+                )
+                assert len(by_issuer.items) == 3, state
+                index_pending(session)
+                session.commit()
+        _migrate(engine, "0016", down=True)
         with engine.connect() as connection:
             names = set(inspect(connection).get_table_names())
-            indexes = {ix["name"] for ix in inspect(connection).get_indexes("certificates")}
-        assert "certificates_search" not in names and "ix_certificates_search_text_trgm" not in indexes
-        _migrate(engine, "0014")
+        assert "certificates_search_pending" not in names
+        assert all("cn=old ca" in text for text in _search_texts(engine))
+        _migrate(engine, "0013", down=True)
+        _migrate(engine, "0017")
+        with Session(engine) as session:
+            assert pending_count(session) == 3
+            assert index_pending(session) == 3
     finally:
         engine.dispose()
 
@@ -229,12 +331,12 @@ def test_a_role_that_may_not_create_pg_trgm_still_migrates(postgres_admin_url: s
         owner.dispose()
         engine = create_db_engine(url.set(username=role).render_as_string(hide_password=False))
         try:
-            _migrate(engine, "0014")
+            _migrate(engine, "0017")
             with engine.connect() as connection:
-                indexes = {ix["name"] for ix in inspect(connection).get_indexes("certificates")}
+                indexes = {ix["name"] for ix in inspect(connection).get_indexes("certificates_search")}
                 installed = connection.execute(text("SELECT 1 FROM pg_extension WHERE extname = 'pg_trgm'"))
                 assert installed.first() is None
-            assert "ix_certificates_search_text_trgm" not in indexes
+            assert indexes == set()
             with Session(engine) as session:
                 page = query.list_certificates(session, CertificateFilter(q="abc"), now=NOW, expiring_days=30)
             assert page.items == []

@@ -116,7 +116,12 @@ class Filters:
 
 # Typer reads options from the signature, so every filter is spelled out in each command that takes them.
 SearchOpt = Annotated[
-    str | None, typer.Option("--search", "-q", help="Text in CN, SANs, subject, issuer, serial, fingerprint.")
+    str | None,
+    typer.Option(
+        "--search",
+        "-q",
+        help="Text in the subject (CN), SANs or issuer; or the start of the serial or SHA-256 fingerprint.",
+    ),
 ]
 StatusOpt = Annotated[
     list[Status] | None,

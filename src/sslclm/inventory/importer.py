@@ -7,7 +7,9 @@ large PEM bundle is parsed in parts, and at most ``workers + 1`` parser tasks ar
 
 A directory import leaves the policy evaluation of what it inserted to a job
 (``policies.evaluate-written``, one per batch, enqueued in the batch's transaction): the import's
-own time goes to parsing and writing. :func:`import_paths` runs those jobs before it returns
+own time goes to parsing and writing. Likewise the search index takes the new certificates in
+bulk (``inventory.index-search``, enqueued once the import has written; search is exact before
+that: see :mod:`sslclm.inventory.search`). :func:`import_paths` runs those jobs before it returns
 unless told not to (then a worker, such as the one ``sslclm serve`` embeds, runs them).
 """
 
@@ -31,6 +33,7 @@ from sslclm.audit.service import AuditContext, record
 from sslclm.core.db import SQLITE_CACHE_KIB, session_scope
 from sslclm.core.platform import Platform
 from sslclm.inventory.parsing import ParsedFile, Piece, os_reason, parse_file_bytes, parse_path, parse_pieces
+from sslclm.inventory.search import INDEX_SEARCH_TASK
 from sslclm.inventory.writer import InventoryWriter
 from sslclm.jobs import TaskRegistry, Worker, default_registry, enqueue
 from sslclm.policies.tasks import EVALUATE_WRITTEN_TASK
@@ -248,17 +251,28 @@ def import_paths(
 ) -> ImportSummary:
     """Imports every certificate found under ``paths``; rejected files are listed with a reason.
 
-    The new certificates' policy evaluation is queued as jobs; with ``evaluate`` (the default)
-    they are run here before returning, so the violations are current when the import is done.
+    The new certificates' policy evaluation and search indexing are queued as jobs; with
+    ``evaluate`` (the default) they are run here before returning, so the violations are current
+    and the search index complete when the import is done.
     """
     summary = ImportSummary()
     files = _walk(paths, summary.rejected)
     max_bytes = platform.settings.max_upload_bytes
     parsed = _parsed_files(files, password, max_bytes, workers if workers is not None else default_workers())
     _write(platform, parsed, ctx, summary, source=source, sighting_kind="file", progress=progress, defer=True)
-    if evaluate and summary.evaluation_jobs:
-        run_evaluations(platform)
+    if summary.imported:
+        with session_scope(platform.sessions) as session:
+            enqueue(session, INDEX_SEARCH_TASK, {}, now=platform.clock())
+    if evaluate:
+        run_indexing(platform)
+        if summary.evaluation_jobs:
+            run_evaluations(platform)
     return summary
+
+
+def run_indexing(platform: Platform) -> None:
+    """Runs queued search-index jobs here until none is ready (see :func:`run_evaluations`)."""
+    _run_queued(platform, INDEX_SEARCH_TASK)
 
 
 def run_evaluations(platform: Platform) -> None:
@@ -267,8 +281,12 @@ def run_evaluations(platform: Platform) -> None:
     Another worker (``sslclm serve``'s, say) may hold some of them meanwhile: those finish there.
     A job that fails is left to its retries, as under any worker.
     """
+    _run_queued(platform, EVALUATE_WRITTEN_TASK)
+
+
+def _run_queued(platform: Platform, kind: str) -> None:
     registry = TaskRegistry()
-    registry.add(default_registry.get(EVALUATE_WRITTEN_TASK))
+    registry.add(default_registry.get(kind))
     Worker(
         platform, registry=registry, concurrency=1, poll_interval=0.05, name=f"import:{os.getpid()}"
     ).run_until_idle()

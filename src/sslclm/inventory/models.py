@@ -65,7 +65,7 @@ class Certificate(Base):
     self_signed: Mapped[bool] = mapped_column(Boolean, default=False)
     public_key_sha256: Mapped[str] = mapped_column(String(64), index=True)
     der: Mapped[bytes] = mapped_column(LargeBinary)
-    # Lowercased CN, SANs, subject, issuer, serial and fingerprint: what free-text search matches.
+    # The lower-cased subject DN and SAN values: the text free-text search matches by substring.
     search_text: Mapped[str] = mapped_column(Text)
     source: Mapped[str] = mapped_column(String(64))
     owner: Mapped[str | None] = mapped_column(String(255))
@@ -88,13 +88,6 @@ class Certificate(Base):
         Index("ix_certificates_owner_id", "owner", "id"),
         Index("ix_certificates_team_id", "team", "id"),
         Index("ix_certificates_updated_at_id", "updated_at", "id"),
-        # Free-text search on PostgreSQL (pg_trgm, migration 0014); SQLite has an FTS5 table instead.
-        Index(
-            "ix_certificates_search_text_trgm",
-            "search_text",
-            postgresql_using="gin",
-            postgresql_ops={"search_text": "gin_trgm_ops"},
-        ).ddl_if(dialect="postgresql"),
     )
 
 

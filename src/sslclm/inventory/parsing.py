@@ -167,6 +167,8 @@ def certificate_row(info: CertificateInfo) -> CertificateRow:
 
 
 def search_text(info: CertificateInfo) -> str:
-    parts = [info.common_name or "", info.subject, info.issuer, info.serial, info.fingerprint_sha256]
+    """The subject DN and the SAN values, lower-cased: what the trigram index holds (the issuer,
+    serial and fingerprint are searched through their own indexes: ``inventory.search``)."""
+    parts = [info.subject]
     parts.extend(san.split(":", 1)[-1] for san in info.sans)
     return "\n".join(parts).lower()

@@ -20,8 +20,6 @@ from typing import Any
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from sqlalchemy import ColumnElement, Select, and_, exists, func, or_, select, text
-from sqlalchemy import column as sql_column
-from sqlalchemy import table as sql_table
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import KeyedColumnElement
@@ -29,6 +27,11 @@ from sqlalchemy.sql.elements import KeyedColumnElement
 from sslclm.core.clock import as_utc
 from sslclm.errors import InvalidInputError
 from sslclm.inventory.models import Certificate, CertificateTag, Issuer, IssuerCertificateCount, Sighting
+from sslclm.inventory.search import (
+    indexable,
+    like_pattern,
+    text_condition,
+)
 
 MAX_PAGE = 1000
 
@@ -48,7 +51,12 @@ class CertificateFilter(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     q: str | None = Field(
-        default=None, max_length=256, description="Text in CN, SANs, subject, issuer, serial, fingerprint."
+        default=None,
+        max_length=256,
+        description=(
+            "Text in the subject (CN), SANs or issuer; or the start of the serial or SHA-256 "
+            "fingerprint (hex)."
+        ),
     )
     status: list[Status] = Field(default_factory=list)
     expires_after: datetime | None = None
@@ -167,42 +175,6 @@ def status_of(
     return Status.EXPIRING if not_after < now + window else Status.VALID
 
 
-def _like(text: str) -> str:
-    escaped = text.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-    return f"%{escaped}%"
-
-
-# SQLite's trigram index over ``search_text`` (migration 0014), kept in step by triggers.
-_SEARCH = sql_table("certificates_search", sql_column("rowid"), sql_column("certificates_search"))
-# The trigram tokenizer indexes three-character slices: shorter terms cannot be looked up.
-MIN_INDEXED_TERM = 3
-# Beyond this many matches a term is common: walking the sort order fills a page sooner than
-# collecting (and sorting) every match from the index would.
-COMMON_TERM_MATCHES = 5000
-
-
-def text_condition(session: Session, q: str) -> ColumnElement[bool]:
-    """Case-insensitive substring match of ``q`` in ``search_text``, through the trigram index.
-
-    PostgreSQL's ``pg_trgm`` GIN index serves ``LIKE '%q%'`` as written (its planner weighs it
-    against the sort order's index). On SQLite the FTS5 table answers a phrase query (the quoted
-    term: that exact run of characters, anywhere in the text). A term the index finds in more
-    than ``COMMON_TERM_MATCHES`` rows, and a term under three characters (which has no trigram),
-    keep the ``LIKE`` filter: it walks the sort order's index and stops when the page is full,
-    which is quick precisely because such terms match many rows.
-    """
-    term = q.lower()
-    like = Certificate.search_text.like(_like(term), escape="\\")
-    if session.get_bind().dialect.name != "sqlite" or len(term) < MIN_INDEXED_TERM:
-        return like
-    phrase = '"' + term.replace('"', '""') + '"'
-    matching = select(_SEARCH.c.rowid).where(_SEARCH.c.certificates_search.op("MATCH")(phrase))
-    probe = select(func.count()).select_from(matching.limit(COMMON_TERM_MATCHES + 1).subquery())
-    if session.connection().execute(probe).scalar_one() > COMMON_TERM_MATCHES:
-        return like
-    return Certificate.id.in_(matching.scalar_subquery())
-
-
 # How long a search for a term under three characters may scan before it gives up: such a term has
 # no trigram, so when it matches few rows the scan would read the whole inventory.
 SHORT_TERM_SECONDS = 2.0
@@ -220,7 +192,7 @@ def _bounded_scan(session: Session, q: str | None) -> Iterator[None]:
     statement; PostgreSQL's ``statement_timeout`` does, inside a savepoint so the request's
     transaction stays usable.
     """
-    if not q or len(q) >= MIN_INDEXED_TERM:
+    if not q or indexable(q.lower()):
         yield
         return
     refused = InvalidInputError(SHORT_TERM_MESSAGE.format(n=len(q)), field="q")
@@ -274,7 +246,7 @@ def filter_conditions(
     if flt.issuer_id is not None:
         conds.append(Certificate.issuer_id == flt.issuer_id)
     if flt.issuer:
-        matching = select(Issuer.id).where(func.lower(Issuer.dn).like(_like(flt.issuer), escape="\\"))
+        matching = select(Issuer.id).where(func.lower(Issuer.dn).like(like_pattern(flt.issuer), escape="\\"))
         conds.append(Certificate.issuer_id.in_(matching.scalar_subquery()))
     if flt.key_algorithm:
         conds.append(func.upper(Certificate.key_algorithm) == flt.key_algorithm.upper())
