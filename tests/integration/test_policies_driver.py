@@ -20,9 +20,16 @@ from sslclm.discovery.models import Endpoint
 from sslclm.inventory.models import Certificate, CertificateTag, Issuer
 from sslclm.policies import service as policy_service
 from sslclm.policies.driver import Driver, IdRange
-from sslclm.policies.engine import evaluate_certificates, rebuild_counts, reevaluate_all
+from sslclm.policies.engine import (
+    evaluate_certificates,
+    evaluate_inputs,
+    load_exemptions,
+    load_policies,
+    rebuild_counts,
+    reevaluate_all,
+)
 from sslclm.policies.inputs import build_inputs, fetch_after, fetch_ids, input_select, load_inputs
-from sslclm.policies.models import CertificateRisk, PolicyViolation, PolicyViolationCount
+from sslclm.policies.models import CertificateRisk, PolicyExemption, PolicyViolation, PolicyViolationCount
 
 NOW = datetime(2026, 6, 1, 12, 0, 0, 123456, tzinfo=UTC)
 POLICY = """\
@@ -227,6 +234,49 @@ def test_full_passes_and_incremental_evaluation_agree(platform: Platform) -> Non
             session.execute(delete(table))
         evaluate_certificates(session, ids, now=NOW)
     assert _verdicts(platform) == stored
+
+
+# Names a check twice: for a certificate failing both, the later verdict stands.
+TWICE = """\
+name: twice
+scope: {kind: all}
+checks:
+  - check: expiry
+    params: {warning_days: 2000, critical_days: 1}
+  - check: expiry
+"""
+
+
+def test_stored_verdicts_are_those_of_the_pure_evaluation(platform: Platform) -> None:
+    ids = _seed(platform)
+    with session_scope(platform.sessions) as session:
+        policy_service.put_policy(session, AuditContext(actor="test"), TWICE, now=NOW)
+        session.add(
+            PolicyExemption(
+                certificate_id=ids[2],
+                policy="everything",
+                check="key-algorithm",
+                justification="legacy appliance",
+                approver="security",
+                expires_at=NOW + timedelta(days=30),
+                created_by="test",
+                created_at=NOW,
+            )
+        )
+        reevaluate_all(session, now=NOW)
+    with platform.sessions() as session:
+        rows = session.execute(input_select().where(Certificate.archived_at.is_(None))).all()
+        expected = evaluate_inputs(
+            load_inputs(session, rows), load_policies(session), load_exemptions(session, NOW), NOW
+        )
+    stored = {
+        (cid, policy, check): (severity, reason, exemption)
+        for cid, policy, check, severity, _, reason, exemption in _verdicts(platform)[0]
+    }
+    assert stored == {key: (v.severity.value, v.reason, e) for key, (v, e) in expected.items()}
+    assert stored[(ids[4], "twice", "expiry")][:2] == ("high", "expires 2026-06-06, within 7 days")
+    assert "within 2000 days" in stored[(ids[0], "twice", "expiry")][1]  # only the first fails
+    assert stored[(ids[2], "everything", "key-algorithm")][2] is not None  # exempted
 
 
 def test_a_full_pass_recounts_like_rebuild_counts(platform: Platform) -> None:

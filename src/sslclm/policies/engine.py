@@ -28,7 +28,7 @@ from sslclm.policies.checks import CHECKS, SEVERITY_RANK, Params, PolicyInput, S
 from sslclm.policies.document import BASELINE, PolicyDocument
 from sslclm.policies.driver import IN_CHUNK, Driver, IdRange, Ids, stored_timestamp
 from sslclm.policies.inputs import INPUT_COLUMNS as INPUT_COLUMNS
-from sslclm.policies.inputs import build_inputs, fetch_after, fetch_ids, input_select, shared_keys
+from sslclm.policies.inputs import fetch_after, fetch_ids, input_select, iter_inputs, shared_keys
 from sslclm.policies.inputs import load_inputs as load_inputs
 from sslclm.policies.models import (
     CertificateRisk,
@@ -60,6 +60,12 @@ class CompiledPolicy:
     scope_kind: str
     scope_value: str | None
     checks: tuple[CompiledCheck, ...]
+    # Whether a check is named twice, so one certificate can fail it twice (the later one stands).
+    repeats: bool = field(init=False, compare=False)
+
+    def __post_init__(self) -> None:
+        names = [entry.name for entry in self.checks]
+        object.__setattr__(self, "repeats", len(set(names)) != len(names))
 
     def applies(self, item: PolicyInput) -> bool:
         kind, value = self.scope_kind, self.scope_value
@@ -166,6 +172,7 @@ class EvaluationStats:
 
 
 Key = tuple[int, str, str]
+Stored = tuple[int, str, str, int | None]  # a stored violation's id, severity, reason and exemption
 VIOLATION_INSERT = (
     "certificate_id",
     "policy",
@@ -299,24 +306,11 @@ _RISKS_SQL = "SELECT certificate_id, score FROM certificate_risk WHERE "
 _CRITICAL_SQL = 'SELECT id, certificate_id, policy, "check", severity_rank FROM policy_violations WHERE '
 
 
-def _store(
-    driver: Driver,
-    session: Session,
-    inputs: Sequence[PolicyInput],
-    found: dict[Key, tuple[Violation, int | None]],
-    now: datetime,
-    ids: Ids,
-    seen: Tally | None = None,
-) -> EvaluationStats:
-    """Writes what changed for these inputs; ``ids`` selects their certificates (and maybe others).
-
-    ``seen``, when given, gains every violation found, by policy, check, severity and exemption;
-    the caller (a full pass) then recounts ``policy_violation_counts`` from it at the end, so the
-    per-batch count changes are not kept here.
-    """
-    stats = EvaluationStats(certificates=len(inputs), violations=len(found))
-    evaluated = {item.certificate_id for item in inputs}
-    existing: dict[Key, tuple[int, str, str, int | None]] = {}
+def _stored_verdicts(
+    driver: Driver, evaluated: set[int], ids: Ids
+) -> tuple[dict[Key, Stored], dict[int, int]]:
+    """The stored violations (id, severity, reason, exemption) and scores of these certificates."""
+    existing: dict[Key, Stored] = {}
     risks: dict[int, int] = {}
     # On a first pass these find nothing, and cost one index probe per batch of an id range.
     for condition, params in driver.filters("certificate_id", ids):
@@ -328,72 +322,115 @@ def _store(
         for cid, score in driver.fetch(_RISKS_SQL + condition, params):
             if cid in evaluated:
                 risks[cid] = score
+    return existing, risks
+
+
+def _exemption_for(exemptions: Sequence[ActiveExemption], cid: int, policy: str, check: str) -> int | None:
+    return next((e.id for e in exemptions if e.covers(cid, policy, check)), None)
+
+
+def _last_per_check(found: list[Violation]) -> list[Violation]:
+    """A policy set naming a check twice: the later verdict stands, as in ``evaluate_inputs``."""
+    return list({violation.check: violation for violation in found}.values())
+
+
+def _store(
+    driver: Driver,
+    session: Session,
+    inputs: Iterable[PolicyInput],
+    evaluated: set[int],
+    policies: Sequence[CompiledPolicy],
+    exemptions: Sequence[ActiveExemption],
+    now: datetime,
+    ids: Ids,
+    seen: Tally | None = None,
+) -> EvaluationStats:
+    """Evaluates these inputs (of the ``evaluated`` certificates) and writes what changed; ``ids``
+    selects their certificates (and maybe others).
+
+    The verdicts are those of :func:`evaluate_inputs`, but each input is built, checked and turned
+    into the plain tuples to write (and its risk score) before the next: a batch's inputs,
+    ``Violation`` objects and per-certificate tallies, kept until the batch was stored, made tens
+    of thousands of objects outlive the young garbage-collector generations per batch, and the
+    full collections they set off cost a first pass more than writing its rows.
+
+    ``seen``, when given, gains every violation found, by policy, check, severity and exemption;
+    the caller (a full pass) then recounts ``policy_violation_counts`` from it at the end, so the
+    per-batch count changes are not kept here.
+    """
+    stats = EvaluationStats(certificates=len(evaluated))
+    existing, risks = _stored_verdicts(driver, evaluated, ids)
     counts = _CountDeltas() if seen is None else None
-    gone = []
-    for key, (vid, severity, _, exemption) in existing.items():
-        if key not in found:
-            gone.append(vid)
-            if counts is not None:
-                counts.add(key[1], key[2], severity, exemption, -1)
-    for start in range(0, len(gone), IN_CHUNK):
-        session.execute(delete(PolicyViolation).where(PolicyViolation.id.in_(gone[start : start + IN_CHUNK])))
-    stats.removed = len(gone)
     stamp = stored_timestamp(now)
     new_rows: list[tuple[Any, ...]] = []
     changed: list[dict[str, Any]] = []
     critical: list[Key] = []
-    # Per certificate, over its non-exempt violations: risk points, how many, the worst rank.
-    tally: dict[int, list[int]] = {}
+    kept: set[Key] = set()
+    risk_new: list[tuple[Any, ...]] = []
+    risk_changed: list[dict[str, Any]] = []
+    found = 0
     facts = SEVERITY_FACTS
     # This loop runs once per violation found (2.5 million on a first pass over a million
-    # certificates): it does only what every violation needs; counting is left to Counter below.
-    for key, (violation, exemption) in found.items():
-        severity, rank, points = facts[violation.severity]
-        cid = key[0]
-        if exemption is None:
-            entry = tally.get(cid)
-            if entry is None:
-                tally[cid] = [points, 1, rank]
-            else:
-                entry[0] += points
-                entry[1] += 1
-                if rank > entry[2]:
-                    entry[2] = rank
-        old = existing.get(key) if existing else None
-        reason = violation.reason[:2000]
-        if old is None:
-            new_rows.append((cid, key[1], key[2], severity, rank, reason, exemption, stamp, stamp))
-            if rank == CRITICAL_RANK and exemption is None:
-                critical.append(key)
-        elif (old[1], old[2], old[3]) != (severity, reason, exemption):
-            changed.append(
+    # certificates): it does only what every violation needs, in locals.
+    for item in inputs:
+        cid = item.certificate_id or 0
+        # Over its non-exempt violations: risk points, how many, the worst rank.
+        points = flagged = 0
+        worst = -1
+        for policy in policies:
+            if not policy.applies(item):
+                continue
+            name = policy.name
+            verdicts = policy.run(item, now)
+            if policy.repeats:
+                verdicts = _last_per_check(verdicts)
+            for violation in verdicts:
+                check = violation.check
+                exemption = _exemption_for(exemptions, cid, name, check) if exemptions else None
+                severity, rank, weight = facts[violation.severity]
+                found += 1
+                if exemption is None:
+                    points += weight
+                    flagged += 1
+                    if rank > worst:
+                        worst = rank
+                if seen is not None:
+                    tally_key = (name, check, severity, exemption is not None)
+                    seen[tally_key] = seen.get(tally_key, 0) + 1
+                reason = violation.reason[:2000]
+                old = existing.get((cid, name, check)) if existing else None
+                if old is None:
+                    new_rows.append((cid, name, check, severity, rank, reason, exemption, stamp, stamp))
+                    if rank == CRITICAL_RANK and exemption is None:
+                        critical.append((cid, name, check))
+                    continue
+                kept.add((cid, name, check))
+                if (old[1], old[2], old[3]) != (severity, reason, exemption):
+                    changed.append(_changed_violation(old[0], severity, rank, reason, exemption, now))
+                    if counts is not None:
+                        counts.add(name, check, old[1], old[3], -1)
+                        counts.add(name, check, severity, exemption, 1)
+        if item.certificate_id is None:
+            continue
+        score = combined_score(points, item.endpoints, item.not_after - now)
+        if cid not in risks:
+            risk_new.append((cid, score, flagged, worst, stamp))
+        elif risks[cid] != score:
+            risk_changed.append(
                 {
-                    "id": old[0],
-                    "severity": severity,
-                    "severity_rank": rank,
-                    "reason": reason,
-                    "exemption_id": exemption,
-                    "updated_at": now,
+                    "certificate_id": cid,
+                    "score": score,
+                    "violations": flagged,
+                    "max_severity_rank": worst,
+                    "evaluated_at": now,
                 }
             )
-            if counts is not None:
-                counts.add(key[1], key[2], old[1], old[3], -1)
-                counts.add(key[1], key[2], severity, exemption, 1)
-    if seen is not None:
-        # Counter counts in C; keys as _recount_after_pass reads them.
-        tallied = Counter(
-            (key[1], key[2], facts[violation.severity][0], exemption is not None)
-            for key, (violation, exemption) in found.items()
-        )
-        for seen_key, number in tallied.items():
-            seen[seen_key] = seen.get(seen_key, 0) + number
+    stats.violations = found
+    gone = [(key, old) for key, old in existing.items() if key not in kept]
+    stats.removed = _delete_gone(session, gone, counts)
     driver.insert("policy_violations", VIOLATION_INSERT, new_rows)
     if critical:
-        wanted = set(critical)
-        for condition, params in driver.filters("certificate_id", sorted({key[0] for key in wanted})):
-            for vid, cid, policy, check, rank in driver.fetch(_CRITICAL_SQL + condition, params):
-                if rank == CRITICAL_RANK and (cid, policy, check) in wanted:
-                    stats.new_critical.append(vid)
+        stats.new_critical = _new_critical(driver, critical)
     if changed:
         session.execute(update(PolicyViolation), changed)
     stats.added, stats.changed = len(new_rows), len(changed)
@@ -404,32 +441,45 @@ def _store(
         ).items():
             counts.add(policy, check, severity, exemption, number)
         counts.apply(session)
-
-    risk_new: list[tuple[Any, ...]] = []
-    risk_changed: list[dict[str, Any]] = []
-    unflagged = [0, 0, -1]
-    for item in inputs:
-        cid = item.certificate_id
-        if cid is None:
-            continue
-        points, violations, worst = tally.get(cid, unflagged)
-        score = combined_score(points, item.endpoints, item.not_after - now)
-        if cid not in risks:
-            risk_new.append((cid, score, violations, worst, stamp))
-        elif risks[cid] != score:
-            risk_changed.append(
-                {
-                    "certificate_id": cid,
-                    "score": score,
-                    "violations": violations,
-                    "max_severity_rank": worst,
-                    "evaluated_at": now,
-                }
-            )
     driver.insert("certificate_risk", RISK_INSERT, risk_new)
     if risk_changed:
         session.execute(update(CertificateRisk), risk_changed)
     return stats
+
+
+def _changed_violation(
+    vid: int, severity: str, rank: int, reason: str, exemption: int | None, now: datetime
+) -> dict[str, Any]:
+    return {
+        "id": vid,
+        "severity": severity,
+        "severity_rank": rank,
+        "reason": reason,
+        "exemption_id": exemption,
+        "updated_at": now,
+    }
+
+
+def _delete_gone(session: Session, gone: Sequence[tuple[Key, Stored]], counts: _CountDeltas | None) -> int:
+    """Deletes stored violations no longer found, taking them out of ``counts`` when kept."""
+    if counts is not None:
+        for (_, policy, check), (_, severity, _, exemption) in gone:
+            counts.add(policy, check, severity, exemption, -1)
+    ids = [vid for _, (vid, _, _, _) in gone]
+    for start in range(0, len(ids), IN_CHUNK):
+        session.execute(delete(PolicyViolation).where(PolicyViolation.id.in_(ids[start : start + IN_CHUNK])))
+    return len(ids)
+
+
+def _new_critical(driver: Driver, critical: Sequence[Key]) -> list[int]:
+    """The ids of the violations just written among ``critical``."""
+    wanted = set(critical)
+    found: list[int] = []
+    for condition, params in driver.filters("certificate_id", sorted({key[0] for key in wanted})):
+        for vid, cid, policy, check, rank in driver.fetch(_CRITICAL_SQL + condition, params):
+            if rank == CRITICAL_RANK and (cid, policy, check) in wanted:
+                found.append(vid)
+    return found
 
 
 def evaluate_inputs(
@@ -464,9 +514,10 @@ def _evaluate_rows(
     keys: dict[str, int] | None = None,
     seen: Tally | None = None,
 ) -> EvaluationStats:
-    inputs = build_inputs(driver, rows, ids, keys=keys, with_der=needs_der(policies))
-    found = evaluate_inputs(inputs, policies, exemptions, now)
-    return _store(driver, session, inputs, found, now, ids, seen)
+    # Built as they are evaluated: each input is dropped before the next is made.
+    inputs = iter_inputs(driver, rows, ids, keys=keys, with_der=needs_der(policies))
+    evaluated = {row[0] for row in rows}
+    return _store(driver, session, inputs, evaluated, policies, exemptions, now, ids, seen)
 
 
 def _input_select() -> Any:
