@@ -27,10 +27,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sqlalchemy.orm import Session
-
 from sslclm.audit.service import AuditContext, record
-from sslclm.core.db import SQLITE_CACHE_KIB, session_scope
+from sslclm.core.db import session_scope
 from sslclm.core.platform import Platform
 from sslclm.inventory.parsing import ParsedFile, Piece, os_reason, parse_file_bytes, parse_path, parse_pieces
 from sslclm.inventory.search import INDEX_SEARCH_TASK
@@ -43,10 +41,12 @@ CHUNK_FILES = 64
 # Input bytes per parser task: about 1,300 certificates of PEM. A larger PEM bundle is split
 # into parts of about this size, so a task's results (and the memory holding them) stay small.
 CHUNK_BYTES = 2 * 1024 * 1024
-# Certificates per database transaction (whole files only).
-BATCH_CERTIFICATES = 2000
-# SQLite page cache while an import writes, in KiB (see _import_page_cache).
-IMPORT_CACHE_KIB = 16384
+# Certificates per database transaction (whole files only). Each commit writes every page the
+# batch dirtied, and fingerprints, serials and names land on pages all over their indexes: at
+# 300,000 certificates, batches of 10,000 cost the importing process 20% less CPU per certificate
+# than batches of 2,000 with a 16 MB page cache (a page takes several rows per commit, and stays
+# cached between them), for about 30 MB more of rows held and the usual 64 MB cache.
+BATCH_CERTIFICATES = 10_000
 _PEM_CERTIFICATE = b"-----BEGIN CERTIFICATE-----"
 
 
@@ -331,7 +331,7 @@ def _write(
         nonlocal batch, batch_certs, first_new
         if not batch:
             return
-        with session_scope(platform.sessions) as session, _import_page_cache(session):
+        with session_scope(platform.sessions) as session:
             result = writer.write(session, batch)
             if defer and result.new_ids:
                 first_new = first_new or min(result.new_ids)
@@ -377,25 +377,6 @@ def _write(
         if batch_certs >= BATCH_CERTIFICATES:
             flush()
     flush()
-
-
-@contextmanager
-def _import_page_cache(session: Session) -> Iterator[None]:
-    """A smaller SQLite page cache while a batch is written, the usual one afterwards.
-
-    A batch touches index pages all over the file (fingerprints and keys are random): a large
-    cache gains it little (the pages come from the OS's cache) but costs the importing process
-    its full size in memory, measured at 60 MB less with no slower import.
-    """
-    connection = session.connection()
-    sqlite = connection.dialect.name == "sqlite"
-    if sqlite:
-        connection.exec_driver_sql(f"PRAGMA cache_size=-{IMPORT_CACHE_KIB}")
-    try:
-        yield
-    finally:
-        if sqlite:
-            connection.exec_driver_sql(f"PRAGMA cache_size=-{SQLITE_CACHE_KIB}")
 
 
 def id_ranges(ids: Iterable[int]) -> list[list[int]]:
