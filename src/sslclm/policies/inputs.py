@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 
 from sslclm.inventory.models import Certificate, Issuer
 from sslclm.policies.checks import PolicyInput, input_builder
-from sslclm.policies.driver import Driver, Ids
+from sslclm.policies.driver import IN_CHUNK, Driver, Ids
 
 INPUT_COLUMNS = (
     Certificate.id,
@@ -88,15 +88,35 @@ def fetch_ids(driver: Driver, ids: Sequence[int]) -> list[tuple[Any, ...]]:
     return rows
 
 
-def key_counts_with(driver: Driver, public_keys: Iterable[str]) -> dict[str, int]:
-    """How many certificates carry each of these public keys (keys held by one only are left out).
+# Holders of one public key are counted up to this many. A key in thousands of certificates (one
+# wildcard key everywhere, or a corpus drawn from a small pool of keys) would otherwise cost every
+# batch holding it a walk over all its holders; the check only needs "more than one".
+KEY_COUNT_CAP = 1000
+_SQLITE_KEY_COUNTS = (
+    "WITH keys(k) AS (VALUES {}) SELECT k, (SELECT count(*) FROM (SELECT 1 FROM certificates"
+    " WHERE public_key_sha256 = keys.k LIMIT ?)) FROM keys"
+)
+_PG_KEY_COUNTS = (
+    "SELECT k, (SELECT count(*) FROM (SELECT 1 FROM certificates WHERE public_key_sha256 = k LIMIT %s) s)"
+    " FROM unnest(%s::text[]) AS k"
+)
 
-    A grouped count over the public-key index: cheap for the usual unique keys; a key shared by
-    thousands of certificates costs one index range scan per batch that contains it.
-    """
+
+def key_counts_with(
+    driver: Driver, public_keys: Iterable[str], *, cap: int = KEY_COUNT_CAP
+) -> dict[str, int]:
+    """How many certificates carry each of these public keys, up to ``cap`` (keys held by one only
+    are left out): one index probe per key, whatever the number of holders."""
+    keys = sorted(set(public_keys))
     found: dict[str, int] = {}
-    for condition, params in driver.matching("public_key_sha256", sorted(set(public_keys)), "text"):
-        found.update(driver.fetch(_KEYS_SQL.format(condition), params))
+    for start in range(0, len(keys), IN_CHUNK):
+        chunk = keys[start : start + IN_CHUNK]
+        if driver.postgresql:
+            rows = driver.fetch(_PG_KEY_COUNTS, [cap, chunk])
+        else:
+            values = ", ".join("(?)" for _ in chunk)
+            rows = driver.fetch(_SQLITE_KEY_COUNTS.format(values), [*chunk, cap])
+        found.update((key, count) for key, count in rows if count > 1)
     return found
 
 
