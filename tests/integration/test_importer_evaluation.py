@@ -181,32 +181,3 @@ def test_a_certificate_inserted_meanwhile_sends_the_batch_the_on_conflict_way(pl
         assert session.execute(select(func.count()).select_from(Certificate)).scalar_one() == 2
         seen = session.execute(select(Sighting.certificate_id, Sighting.location)).all()
     assert sorted(seen) == [(first_id, "first.pem"), (ids[rows[1][0]], "x.pem")]
-
-
-def test_a_batch_that_fails_in_the_writer_thread_stops_the_import_after_whole_batches(
-    platform: Platform, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    ca = make_ca("Writer Thread Root")
-    for n in range(4):
-        (tmp_path / f"{n}.pem").write_bytes(make_leaf(ca, f"w{n}.example.com", days=90).pem)
-    monkeypatch.setattr(importer, "BATCH_CERTIFICATES", 1)
-    write = InventoryWriter.write
-    calls: list[int] = []
-
-    def fail_on_the_second(
-        self: InventoryWriter, session: object, files: list[object], **kw: object
-    ) -> object:
-        calls.append(len(files))
-        if len(calls) == 2:
-            raise RuntimeError("disk full")
-        return write(self, session, files, **kw)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(InventoryWriter, "write", fail_on_the_second)
-    with pytest.raises(RuntimeError, match="disk full"):
-        import_paths(platform, [tmp_path], CTX, workers=1, evaluate=False)
-    with platform.sessions() as session:
-        names = set(session.execute(select(Certificate.common_name)).scalars())
-        sightings = session.execute(select(func.count()).select_from(Sighting)).scalar_one()
-    # The first batch committed whole; the failed one left nothing; none after it was written.
-    assert len(names) == 1 and sightings == 1
-    assert len(calls) == 2

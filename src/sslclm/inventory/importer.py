@@ -22,7 +22,7 @@ import os
 import sys
 import types
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -322,11 +322,13 @@ def _write(
     writer = InventoryWriter(
         platform, source=source, sighting_kind=sighting_kind, evaluate_policies=not defer
     )
+    batch: list[ParsedFile] = []
+    batch_certs = 0
     # The import's first new id: certificates below it were there before (see the evaluation job).
     first_new: int | None = None
 
-    def flush(batch: list[ParsedFile]) -> None:
-        nonlocal first_new
+    def flush() -> None:
+        nonlocal batch, batch_certs, first_new
         if not batch:
             return
         with session_scope(platform.sessions) as session:
@@ -361,32 +363,20 @@ def _write(
         summary.keys_stored += result.keys_stored
         if progress is not None:
             progress(len(batch))
+        batch, batch_certs = [], 0
 
-    # A batch is written in a thread while the next one is gathered: the parsers (which have at
-    # most ``workers + 1`` tasks in flight) would otherwise sit idle while the writer commits, as
-    # the results they hand back are only taken between batches. The driver releases the GIL in
-    # its statements, so the two overlap; batches still commit one at a time, in order.
-    batch: list[ParsedFile] = []
-    batch_certs = 0
-    writing: Future[None] | None = None
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="import-writer") as writer_thread:
-        for item in parsed:
-            summary.files += 1
-            if item.error is not None:
-                summary.rejected.append(Rejection(item.path, item.error))
-                if progress is not None:
-                    progress(1)
-                continue
-            batch.append(item)
-            batch_certs += item.count
-            if batch_certs >= BATCH_CERTIFICATES:
-                if writing is not None:
-                    writing.result()  # the previous batch's failure stops the import here
-                writing = writer_thread.submit(flush, batch)
-                batch, batch_certs = [], 0
-        if writing is not None:
-            writing.result()
-    flush(batch)
+    for item in parsed:
+        summary.files += 1
+        if item.error is not None:
+            summary.rejected.append(Rejection(item.path, item.error))
+            if progress is not None:
+                progress(1)
+            continue
+        batch.append(item)
+        batch_certs += item.count
+        if batch_certs >= BATCH_CERTIFICATES:
+            flush()
+    flush()
 
 
 def id_ranges(ids: Iterable[int]) -> list[list[int]]:
