@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Form, Request
+from fastapi import APIRouter, Depends, Form, Request
 from pydantic import ValidationError
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -67,6 +67,33 @@ def _page(
     )
 
 
+class ScheduleForm:
+    """The schedule form's fields as submitted (echoed back when refused) and as the API takes them."""
+
+    def __init__(
+        self,
+        name: Annotated[str, Form()] = "",
+        cron: Annotated[str, Form()] = "",
+        targets: Annotated[str, Form()] = "",
+        ports: Annotated[str, Form()] = "443",
+        sni: Annotated[str, Form()] = "",
+        enabled: Annotated[str, Form()] = "",
+    ) -> None:
+        self.values = {
+            "name": name,
+            "cron": cron,
+            "targets": targets,
+            "ports": ports,
+            "sni": sni,
+            "enabled": enabled,
+        }
+        self.name, self.cron, self.enabled = name.strip(), cron.strip(), enabled == "1"
+        self.targets, self.ports, self.sni = split_lines(targets), ports.strip() or "443", split_lines(sni)
+
+
+ScheduleFormDep = Annotated[ScheduleForm, Depends()]
+
+
 @router.get("/scan-schedules")
 def schedule_list(request: Request, principal: CertReader, session: SessionDep) -> Response:
     return _page(request, principal, session)
@@ -78,24 +105,18 @@ def create(
     principal: WebPrincipal,
     session: SessionDep,
     platform: PlatformDep,
-    name: Annotated[str, Form()] = "",
-    cron: Annotated[str, Form()] = "",
-    targets: Annotated[str, Form()] = "",
-    ports: Annotated[str, Form()] = "443",
-    sni: Annotated[str, Form()] = "",
-    enabled: Annotated[str, Form()] = "",
+    form: ScheduleFormDep,
 ) -> Response:
     principal.require(Permission.CERT_WRITE)
-    values = {"name": name, "cron": cron, "targets": targets, "ports": ports, "sni": sni, "enabled": enabled}
     try:
         try:
             spec = ScheduleCreate(
-                name=name.strip(),
-                cron=cron.strip(),
-                targets=split_lines(targets),
-                ports=ports.strip() or "443",
-                sni=split_lines(sni),
-                enabled=enabled == "1",
+                name=form.name,
+                cron=form.cron,
+                enabled=form.enabled,
+                targets=form.targets,
+                ports=form.ports,
+                sni=form.sni,
             )
         except ValidationError as exc:
             raise InvalidInputError(validation_message(exc)) from None
@@ -104,7 +125,12 @@ def create(
     except SslClmError as exc:
         session.rollback()
         return _page(
-            request, principal, session, error=error_message(exc), values=values, status_code=exc.http_status
+            request,
+            principal,
+            session,
+            error=error_message(exc),
+            values=form.values,
+            status_code=exc.http_status,
         )
     return redirect(HOME, "created")
 
@@ -164,27 +190,19 @@ def update(
     principal: WebPrincipal,
     session: SessionDep,
     platform: PlatformDep,
-    name: Annotated[str, Form()] = "",
-    cron: Annotated[str, Form()] = "",
-    targets: Annotated[str, Form()] = "",
-    ports: Annotated[str, Form()] = "443",
-    sni: Annotated[str, Form()] = "",
-    enabled: Annotated[str, Form()] = "",
+    form: ScheduleFormDep,
 ) -> Response:
     principal.require(Permission.CERT_WRITE)
     schedule = schedules.get_schedule(session, schedule_id)
-    values = {"name": name, "cron": cron, "targets": targets, "ports": ports, "sni": sni, "enabled": enabled}
     try:
         try:
             # Exclusions and the protocol have no field here: they keep what the schedule has.
             kept = {k: v for k, v in schedule.targets.items() if k in ("exclude", "protocol") and v}
             change = ScheduleUpdate(
-                name=name.strip(),
-                cron=cron.strip(),
-                enabled=enabled == "1",
-                targets=ScanTargetsIn(
-                    targets=split_lines(targets), ports=ports.strip() or "443", sni=split_lines(sni), **kept
-                ),
+                name=form.name,
+                cron=form.cron,
+                enabled=form.enabled,
+                targets=ScanTargetsIn(targets=form.targets, ports=form.ports, sni=form.sni, **kept),
             )
         except ValidationError as exc:
             raise InvalidInputError(validation_message(exc)) from None
@@ -196,6 +214,11 @@ def update(
         session.rollback()
         schedule = schedules.get_schedule(session, schedule_id)
         return _edit_page(
-            request, principal, schedule, values=values, error=error_message(exc), status_code=exc.http_status
+            request,
+            principal,
+            schedule,
+            values=form.values,
+            error=error_message(exc),
+            status_code=exc.http_status,
         )
     return redirect(HOME, "updated")
