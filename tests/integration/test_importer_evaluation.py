@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes
-from cryptography.x509.oid import NameOID
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
@@ -23,7 +20,7 @@ from sslclm.inventory.writer import ROW_ISSUER, InventoryWriter, parse_file_byte
 from sslclm.jobs.models import Job, JobStatus
 from sslclm.policies.models import PolicyViolation
 from sslclm.policies.tasks import EVALUATE_WRITTEN_TASK
-from support.certs import Issued, make_ca, make_leaf
+from support.certs import make_ca, make_leaf
 
 CTX = AuditContext(actor="test")
 POLICY = """\
@@ -34,21 +31,6 @@ checks:
     params: {warning_days: 30, critical_days: 7}
   - check: key-reuse
 """
-
-
-def _same_key_leaf(issuer: Issued, common_name: str, holder: Issued) -> Issued:
-    now = datetime.now(UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
-        .issuer_name(issuer.cert.subject)
-        .public_key(holder.key.public_key())  # type: ignore[arg-type]
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - timedelta(days=1))
-        .not_valid_after(now + timedelta(days=200))
-        .sign(issuer.key, hashes.SHA256())
-    )
-    return Issued(cert, holder.key)
 
 
 def _checks(platform: Platform) -> dict[str, set[str]]:
@@ -82,8 +64,8 @@ def test_the_evaluation_runs_as_jobs_after_the_import(
 
     # Two new holders of older's key, each in a batch (and a job) of its own, and one expiring soon.
     monkeypatch.setattr(importer, "BATCH_CERTIFICATES", 1)
-    (tmp_path / "a.pem").write_bytes(_same_key_leaf(ca, "twin-a.example.com", older).pem)
-    (tmp_path / "b.pem").write_bytes(_same_key_leaf(ca, "twin-b.example.com", older).pem)
+    (tmp_path / "a.pem").write_bytes(make_leaf(ca, "twin-a.example.com", days=200, same_key_as=older).pem)
+    (tmp_path / "b.pem").write_bytes(make_leaf(ca, "twin-b.example.com", days=200, same_key_as=older).pem)
     (tmp_path / "c.pem").write_bytes(make_leaf(ca, "soon.example.com", days=5).pem)
     summary = import_paths(platform, [tmp_path], CTX, workers=1, evaluate=False)
     assert summary.imported == 3

@@ -7,13 +7,10 @@ platform do and reads the stored violations.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes
-from cryptography.x509.oid import NameOID
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
@@ -68,22 +65,6 @@ def _import(client: TestClient, user: ApiUser, issued: Issued, name: str) -> int
     return int(found["items"][0]["id"])
 
 
-def _leaf_with_key(issuer: Issued, common_name: str, same_key_as: Issued) -> Issued:
-    now = datetime.now(UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
-        .issuer_name(issuer.cert.subject)
-        .public_key(same_key_as.key.public_key())  # type: ignore[arg-type]
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - timedelta(days=1))
-        .not_valid_after(now + timedelta(days=200))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName(common_name)]), critical=False)
-        .sign(issuer.key, hashes.SHA256())  # type: ignore[arg-type]
-    )
-    return Issued(cert, same_key_as.key)
-
-
 def _violations(platform: Platform, certificate_id: int) -> dict[str, str]:
     with platform.sessions() as session:
         rows = session.execute(
@@ -113,7 +94,7 @@ def test_imports_metadata_and_archiving_keep_violations_current(
     first = make_leaf(ca, "one.example.com", days=200)
     first_id = _import(client, admin, first, "one.pem")
     assert "key-reuse" not in _violations(platform, first_id)
-    twin = _leaf_with_key(ca, "two.example.com", first)
+    twin = make_leaf(ca, "two.example.com", days=200, same_key_as=first)
     twin_id = _import(client, admin, twin, "two.pem")
     assert _violations(platform, twin_id).get("key-reuse") == "medium"
     assert _violations(platform, first_id).get("key-reuse") == "medium"

@@ -78,8 +78,10 @@ def make_leaf(
     not_before: dt.datetime | None = None,
     key_kind: str = "ec",
     ip: str | None = None,
+    same_key_as: Issued | None = None,
 ) -> Issued:
-    key = new_key(key_kind)
+    # ``same_key_as``: the new certificate carries that one's key (key reuse).
+    key = same_key_as.key if same_key_as is not None else new_key(key_kind)
     start = not_before or NOW - dt.timedelta(days=1)
     names: list[x509.GeneralName] = [x509.DNSName(n) for n in (sans or [common_name])]
     if ip:
