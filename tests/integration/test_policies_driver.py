@@ -28,7 +28,7 @@ from sslclm.policies.engine import (
     rebuild_counts,
     reevaluate_all,
 )
-from sslclm.policies.inputs import build_inputs, fetch_after, fetch_ids, input_select, load_inputs
+from sslclm.policies.inputs import fetch_after, fetch_ids, input_select, iter_inputs, load_inputs
 from sslclm.policies.models import CertificateRisk, PolicyExemption, PolicyViolation, PolicyViolationCount
 
 NOW = datetime(2026, 6, 1, 12, 0, 0, 123456, tzinfo=UTC)
@@ -196,9 +196,9 @@ def test_driver_reads_the_same_inputs_as_sqlalchemy(platform: Platform) -> None:
         expected = load_inputs(session, decoded)
         driver = Driver(session)
         by_range = fetch_after(driver, 0, 100)
-        assert build_inputs(driver, by_range, IdRange(0, by_range[-1][0])) == expected
+        assert list(iter_inputs(driver, by_range, IdRange(0, by_range[-1][0]))) == expected
         assert sorted(
-            build_inputs(driver, fetch_ids(driver, ids), ids), key=lambda i: i.certificate_id or 0
+            iter_inputs(driver, fetch_ids(driver, ids), ids), key=lambda i: i.certificate_id or 0
         ) == (expected)
     assert ids[9] not in {item.certificate_id for item in expected}  # archived
     first, fifth, sixth = expected[0], expected[4], expected[5]

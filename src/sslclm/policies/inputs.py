@@ -128,10 +128,10 @@ def shared_keys(driver: Driver) -> dict[str, int]:
 
 def load_inputs(session: Session, rows: Sequence[Any]) -> list[PolicyInput]:
     """Policy inputs for rows as SQLAlchemy returns them (``INPUT_COLUMNS``, in that order)."""
-    return build_inputs(Driver(session), rows, [row[0] for row in rows], decoded=True)
+    return list(iter_inputs(Driver(session), rows, [row[0] for row in rows], decoded=True))
 
 
-# The fields build_inputs passes, in its order (positional: keyword arguments for 25 fields cost
+# The fields iter_inputs passes, in its order (positional: keyword arguments for 25 fields cost
 # more per input than several of the checks).
 _BUILD = input_builder(
     (
@@ -168,25 +168,6 @@ def _same(value: Any) -> Any:
     return value
 
 
-def build_inputs(
-    driver: Driver,
-    rows: Sequence[Any],
-    ids: Ids,
-    *,
-    decoded: bool = False,
-    keys: dict[str, int] | None = None,
-    with_der: bool = False,
-) -> list[PolicyInput]:
-    """Policy inputs for certificate rows, with tags, profile, endpoints and key reuse.
-
-    ``ids`` selects at least the rows' certificates (facts of others it covers are ignored);
-    ``decoded`` says the rows already hold Python values rather than what the driver returns;
-    ``keys`` is :func:`shared_keys` when the caller has it (looked up per batch otherwise);
-    ``with_der`` adds each certificate's DER, for checks that read the certificate itself.
-    """
-    return list(iter_inputs(driver, rows, ids, decoded=decoded, keys=keys, with_der=with_der))
-
-
 def iter_inputs(
     driver: Driver,
     rows: Sequence[Any],
@@ -196,9 +177,17 @@ def iter_inputs(
     keys: dict[str, int] | None = None,
     with_der: bool = False,
 ) -> Iterator[PolicyInput]:
-    """:func:`build_inputs` one input at a time: the facts of the batch are read first, then each
-    input is built when the caller asks for it, so a caller that is done with an input before
-    the next keeps one alive instead of a batch of them (fewer garbage collections)."""
+    """Policy inputs for certificate rows, with tags, profile, endpoints and key reuse.
+
+    ``ids`` selects at least the rows' certificates (facts of others it covers are ignored);
+    ``decoded`` says the rows already hold Python values rather than what the driver returns;
+    ``keys`` is :func:`shared_keys` when the caller has it (looked up per batch otherwise);
+    ``with_der`` adds each certificate's DER, for checks that read the certificate itself.
+
+    The facts of the batch are read first, then each input is built when the caller asks for it,
+    so a caller that is done with an input before the next keeps one alive instead of a batch of
+    them (fewer garbage collections).
+    """
     tags: dict[int, set[str]] = {}
     profiles: dict[int, str] = {}
     served: dict[int, tuple[int, str | None, int, int]] = {}
