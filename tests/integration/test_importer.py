@@ -10,7 +10,7 @@ from sqlalchemy import func, select
 
 from sslclm.audit.service import AuditContext
 from sslclm.core.platform import Platform
-from sslclm.inventory.importer import import_paths
+from sslclm.inventory.importer import PARSER_NICENESS, import_paths, parser_pool
 from sslclm.inventory.models import Certificate, Sighting
 from tests.support.certs import make_ca, make_leaf
 
@@ -85,3 +85,10 @@ def test_key_in_separate_file_is_matched(platform: Platform, tmp_path: Path) -> 
     assert summary.keys_stored == 1
     with platform.sessions() as session:
         assert session.execute(select(Certificate.has_private_key)).scalar_one() is True
+
+
+def test_parsers_run_below_the_writer_priority() -> None:
+    # The writer is the serial part of an import: when the cores are contended, parsers yield.
+    expected = min(19, os.nice(0) + PARSER_NICENESS)
+    with parser_pool(1) as pool:
+        assert pool.submit(os.nice, 0).result() == expected

@@ -47,6 +47,13 @@ CHUNK_BYTES = 2 * 1024 * 1024
 # than batches of 2,000 with a 16 MB page cache (a page takes several rows per commit, and stays
 # cached between them), for about 30 MB more of rows held and the usual 64 MB cache.
 BATCH_CERTIFICATES = 10_000
+# Parser tasks queued beyond one per parser: about 8,000 certificates parsed ahead (tasks are at
+# most CHUNK_BYTES of input), so the parsers keep working while the writer commits a batch instead
+# of idling once their next task is done. What they parse ahead waits here as rows.
+PARSE_AHEAD_TASKS = 6
+# Parsers run at a lower priority than the writer: writing is the one serial part of an import,
+# so when the parsers and the writer contend for the cores the writer should not wait its turn.
+PARSER_NICENESS = 10
 _PEM_CERTIFICATE = b"-----BEGIN CERTIFICATE-----"
 
 
@@ -210,18 +217,25 @@ def _main_module_hidden() -> Iterator[None]:
         sys.modules["__main__"] = main
 
 
-def _pooled(
-    files: Iterable[str], password: str | None, max_bytes: int, workers: int
-) -> Iterator[tuple[Piece, ParsedFile]]:
+def parser_pool(workers: int) -> ProcessPoolExecutor:
+    """The parser processes of an import, each at :data:`PARSER_NICENESS` below this process."""
     # forkserver: a parser starts from a small server process that has imported only the parsing
     # module, not as a copy of this one (its database pools, caches and whatever else it holds).
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload(["sslclm.inventory.parsing"])
-    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+    return ProcessPoolExecutor(
+        max_workers=workers, mp_context=context, initializer=os.nice, initargs=(PARSER_NICENESS,)
+    )
+
+
+def _pooled(
+    files: Iterable[str], password: str | None, max_bytes: int, workers: int
+) -> Iterator[tuple[Piece, ParsedFile]]:
+    with parser_pool(workers) as pool:
         pending: list[tuple[list[Piece], Future[list[ParsedFile]]]] = []
-        # One task per parser plus one queued: each parser has its next task ready, and no more
-        # results wait in this process than the writer is about to take.
-        window = workers + 1
+        # Each parser has its next task ready, and a batch's worth of tasks more is queued or
+        # done: results pile up here only while the writer commits, bounded by this window.
+        window = workers + 1 + PARSE_AHEAD_TASKS
         for task in _tasks(files, CHUNK_FILES, max_bytes):
             # The pool starts its parsers inside submit(), whenever none is idle.
             with _main_module_hidden():
