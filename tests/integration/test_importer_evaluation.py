@@ -163,3 +163,16 @@ def test_a_certificate_inserted_meanwhile_sends_the_batch_the_on_conflict_way(pl
         assert session.execute(select(func.count()).select_from(Certificate)).scalar_one() == 2
         seen = session.execute(select(Sighting.certificate_id, Sighting.location)).all()
     assert sorted(seen) == [(first_id, "first.pem"), (ids[rows[1][0]], "x.pem")]
+
+
+def test_the_ids_a_batch_insert_returns_are_the_stored_ones(platform: Platform) -> None:
+    ca = make_ca("Ids Root")
+    bundle = b"".join(make_leaf(ca, f"ids{i}.example.com").pem for i in range(5))
+    with platform.sessions() as session, session.begin():
+        written = InventoryWriter(platform, source="import", sighting_kind="file").write(
+            session, [parse_file_bytes("ids.pem", bundle, None)]
+        )
+    with platform.sessions() as session:
+        stored = dict(session.execute(select(Certificate.fingerprint_sha256, Certificate.id)).all())
+    assert written.certificate_ids == stored
+    assert sorted(written.new_ids) == sorted(stored.values())

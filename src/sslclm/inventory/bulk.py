@@ -67,6 +67,7 @@ SQLITE_INSERT_CERTIFICATES = (
     f"INSERT INTO certificates ({_CERT_NAMES}) VALUES ({', '.join('?' for _ in CERTIFICATE_COLUMNS)}) "  # noqa: S608
     "ON CONFLICT (fingerprint_sha256) DO NOTHING"
 )
+_SQLITE_FINGERPRINTS_AT = "SELECT id, fingerprint_sha256 FROM certificates WHERE id IN (?, ?)"
 SQLITE_UPSERT_SIGHTINGS = (
     f"INSERT INTO sightings ({_SIGHT_NAMES}) VALUES ({', '.join('?' for _ in SIGHTING_COLUMNS)}) "  # noqa: S608
     + _SIGHTING_CONFLICT
@@ -164,9 +165,18 @@ def _insert_certificates_sqlite(session: Session, rows: Sequence[tuple[Any, ...]
     cursor = _driver_connection(session).cursor()
     try:
         cursor.executemany(SQLITE_INSERT_CERTIFICATES, rows)
+        if cursor.rowcount == len(rows):
+            # Every row went in, one after another in this write transaction: a rowid table gives
+            # each new row the largest rowid plus one, so the ids run up to the last one inserted.
+            # Checked at both ends rather than trusted.
+            last = cursor.execute("SELECT last_insert_rowid()").fetchone()[0]
+            first = last - len(rows) + 1
+            ends = dict(cursor.execute(_SQLITE_FINGERPRINTS_AT, (first, last)).fetchall())
+            if ends.get(first) == rows[0][0] and ends.get(last) == rows[-1][0]:
+                return {row[0]: first + offset for offset, row in enumerate(rows)}
     finally:
         cursor.close()
-    # sqlite3's executemany returns no rows, so the new ids are read back by fingerprint.
+    # Some rows were there already (another writer inserted them first): read the ids back.
     return ids_by_fingerprint(session, [row[0] for row in rows])
 
 
