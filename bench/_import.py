@@ -1,11 +1,12 @@
 """One import of a corpus through the platform's own code path, in a process of its own.
 
-Run by ``bench.inventory`` as ``python -m bench._import HOME DATABASE_URL CORPUS_DIR`` with
+Run by ``bench.inventory`` as
+``python -m bench._import HOME DATABASE_URL CORPUS_DIR [--skip-evaluation]`` with
 ``SSLCLM_MASTER_KEY`` in the environment, so that its peak memory (and its parser processes')
 is the import's alone. The policy evaluation jobs the import enqueued run afterwards in the
-same process and are timed apart, as is the search indexing job (``inventory.index-search``) that
-comes before them. On PostgreSQL the server's processes' CPU time is read too (same machine).
-Prints one JSON line.
+same process and are timed apart (unless left out), as is the search indexing job
+(``inventory.index-search``) that comes before them. On PostgreSQL the server's processes' CPU
+time is read too (same machine). Prints one JSON line.
 """
 
 from __future__ import annotations
@@ -59,6 +60,7 @@ def _server_cpu(database_url: str) -> float:
 
 def main(argv: list[str]) -> int:
     home, database_url, corpus = Path(argv[0]), argv[1], Path(argv[2])
+    evaluate = "--skip-evaluation" not in argv[3:]
     settings = Settings(
         home=home, database_url=database_url, master_key=SecretStr(os.environ["SSLCLM_MASTER_KEY"])
     )
@@ -83,7 +85,8 @@ def main(argv: list[str]) -> int:
     cpu_indexed = os.times()
     server_indexed = _server_cpu(database_url)
     evaluation_started = time.perf_counter()
-    run_evaluations(platform)
+    if evaluate:
+        run_evaluations(platform)
     evaluation_seconds = time.perf_counter() - evaluation_started
     cpu_evaluated = os.times()
     with platform.sessions() as session:
@@ -124,6 +127,7 @@ def main(argv: list[str]) -> int:
             + (cpu_evaluated.system - cpu_indexed.system),
             "jobs": statuses,
             "violations": violations,
+            "skipped": not evaluate,
         },
     }
     print(json.dumps(result))
