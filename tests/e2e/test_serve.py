@@ -63,6 +63,10 @@ class Server:
                 self.process.wait(timeout=10)
 
 
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _env(home: Path, admin_password: str | None) -> dict[str, str]:
     env = {key: value for key, value in os.environ.items() if not key.startswith("SSLCLM_")}
     env["SSLCLM_HOME"] = str(home)
@@ -103,6 +107,9 @@ def start(tmp_path: Path) -> Iterator[Start]:
                 env=_env(home, admin_password),
                 stdout=stdout,
                 stderr=stderr,
+                # A suite started in the background (`make test &`) ignores SIGINT, and a child
+                # inherits that: the server gets Ctrl-C's default handling, as at a terminal.
+                preexec_fn=_default_sigint,
             )
         server = Server(process, port, out, err)
         servers.append(server)
