@@ -44,6 +44,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+from azure.keyvault.certificates._shared import http_challenge_cache as certificate_challenges
+from azure.keyvault.secrets._shared import http_challenge_cache as secret_challenges
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
@@ -566,13 +568,31 @@ def running_key_vault(directory: Path, *, soft_delete: bool = True) -> Iterator[
     vault = KeyVaultApp(entra, soft_delete=soft_delete)
     with FakeServer(entra, tls) as entra_server, FakeServer(vault, tls) as vault_server:
         vault.authority = entra_server.base_url
-        yield AzureCloud(
-            vault_url=vault_server.base_url,
-            authority_host=entra_server.base_url,
-            tenant_id=tenant_id,
-            client_id=client_id,
-            client_secret=client_secret,
-            ca_bundle=str(ca_bundle),
-            vault=vault,
-            entra=entra,
-        )
+        with _forgetting_challenges(vault_server.base_url):
+            yield AzureCloud(
+                vault_url=vault_server.base_url,
+                authority_host=entra_server.base_url,
+                tenant_id=tenant_id,
+                client_id=client_id,
+                client_secret=client_secret,
+                ca_bundle=str(ca_bundle),
+                vault=vault,
+                entra=entra,
+            )
+
+
+@contextmanager
+def _forgetting_challenges(vault_url: str) -> Iterator[None]:
+    """Drops the SDK's cached challenge for ``vault_url`` before and after a fake vault lives there.
+
+    The Key Vault clients cache each vault's challenge (its tenant) per host and port, for the life
+    of the process. A later fake that the OS gives the same loopback port has another tenant, and a
+    stale challenge would make the credential refuse to ask for a token.
+    """
+    for cache in (certificate_challenges, secret_challenges):
+        cache.remove_challenge_for_url(vault_url)
+    try:
+        yield
+    finally:
+        for cache in (certificate_challenges, secret_challenges):
+            cache.remove_challenge_for_url(vault_url)
