@@ -8,6 +8,8 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy.engine import Engine
 
+from sslclm.inventory.initial_load import restore_deferred_indexes
+
 MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
 
 
@@ -23,6 +25,9 @@ def upgrade_database(engine: Engine, revision: str = "head") -> None:
         config = alembic_config(engine)
         config.attributes["connection"] = connection
         command.upgrade(config, revision)
+        if revision == "head":
+            # An initial load that died before the end left indexes to build (see the module).
+            restore_deferred_indexes(connection)
 
 
 def autogenerate(engine: Engine, message: str) -> None:

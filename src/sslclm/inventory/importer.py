@@ -11,6 +11,9 @@ own time goes to parsing and writing. Likewise the search index takes the new ce
 bulk (``inventory.index-search``, enqueued once the import has written; search is exact before
 that: see :mod:`sslclm.inventory.search`). :func:`import_paths` runs those jobs before it returns
 unless told not to (then a worker, such as the one ``sslclm serve`` embeds, runs them).
+
+An import into a young inventory builds some of the certificates' indexes once at its end instead
+of row by row: see :mod:`sslclm.inventory.initial_load`.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from pathlib import Path
 from sslclm.audit.service import AuditContext, record
 from sslclm.core.db import session_scope
 from sslclm.core.platform import Platform
+from sslclm.inventory.initial_load import indexes_built_at_end
 from sslclm.inventory.parsing import ParsedFile, Piece, os_reason, parse_file_bytes, parse_path, parse_pieces
 from sslclm.inventory.search import INDEX_SEARCH_TASK
 from sslclm.inventory.writer import InventoryWriter
@@ -273,7 +277,10 @@ def import_paths(
     files = _walk(paths, summary.rejected)
     max_bytes = platform.settings.max_upload_bytes
     parsed = _parsed_files(files, password, max_bytes, workers if workers is not None else default_workers())
-    _write(platform, parsed, ctx, summary, source=source, sighting_kind="file", progress=progress, defer=True)
+    with indexes_built_at_end(platform.engine):
+        _write(
+            platform, parsed, ctx, summary, source=source, sighting_kind="file", progress=progress, defer=True
+        )
     if summary.imported:
         with session_scope(platform.sessions) as session:
             enqueue(session, INDEX_SEARCH_TASK, {}, now=platform.clock())

@@ -232,11 +232,89 @@ _name_cache: dict[bytes, tuple[str, str | None]] = {}
 def _name_facts(name_der: bytes, cert: x509.Certificate, which: bool) -> tuple[str, str | None]:
     facts = _name_cache.get(name_der)
     if facts is None:
-        facts = _describe_name(cert, which)
+        try:
+            facts = _describe_plain_name(name_der)
+        except (_der.DerError, UnicodeDecodeError, IndexError):
+            facts = _describe_name(cert, which)
         if len(_name_cache) >= _NAME_CACHE_SIZE:
             _name_cache.clear()  # crude, but O(1) amortised and bounded; hot issuers come right back
         _name_cache[name_der] = facts
     return facts
+
+
+# What a plain name may hold: single-valued RDNs of the attributes RFC 4514 names, with string
+# values that need no escaping. Anything else (a '+' RDN, another OID, a BMPString, a value with
+# a character RFC 4514 escapes) goes through cryptography's objects, which format it.
+_RFC4514_SHORT_NAMES = {
+    _der.encode_oid(oid.dotted_string): short
+    for oid, short in (
+        (NameOID.COMMON_NAME, "CN"),
+        (NameOID.LOCALITY_NAME, "L"),
+        (NameOID.STATE_OR_PROVINCE_NAME, "ST"),
+        (NameOID.ORGANIZATION_NAME, "O"),
+        (NameOID.ORGANIZATIONAL_UNIT_NAME, "OU"),
+        (NameOID.COUNTRY_NAME, "C"),
+        (NameOID.STREET_ADDRESS, "STREET"),
+        (NameOID.DOMAIN_COMPONENT, "DC"),
+        (NameOID.USER_ID, "UID"),
+    )
+}
+_COMMON_NAME_DER = _der.encode_oid(_COMMON_NAME.dotted_string)
+_TAG_SET = 0x31
+# PrintableString's alphabet (X.680) less RFC 4514's specials: such bytes read the same in any decoder.
+_PRINTABLE_PLAIN = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789 '()-./:=?")
+_RFC4514_SPECIALS = frozenset('\\"+,;<>\x00')
+
+
+def _describe_plain_name(name_der: bytes) -> tuple[str, str | None]:
+    """The RFC 4514 string and last CN of a plain name, read from its DER.
+
+    Gives what ``Name.rfc4514_string()`` gives, without building cryptography's Name objects (the
+    subject is a new name for nearly every certificate, so the cache of issuer names does not
+    help there). Raises :class:`_der.DerError` for a name that is not plain. The lengths inside a
+    plain name's RDNs are short-form (under 128 bytes), read inline: this runs once a certificate.
+    """
+    tag, pos, end = _der.read_tlv(name_der, 0)
+    if tag != _der.TAG_SEQUENCE:
+        raise _der.DerError("a Name is a SEQUENCE")
+    parts: list[str] = []
+    common_name: str | None = None
+    while pos < end:
+        # SET { SEQUENCE { OID, value } }, each header two bytes.
+        headers = (name_der[pos], name_der[pos + 2], name_der[pos + 4])
+        if headers != (_TAG_SET, _der.TAG_SEQUENCE, _der.TAG_OID):
+            raise _der.DerError("not a single-valued RDN")
+        rdn_end = pos + 2 + name_der[pos + 1]
+        oid_end = pos + 6 + name_der[pos + 5]
+        oid = name_der[pos + 6 : oid_end]
+        short = _RFC4514_SHORT_NAMES.get(oid)
+        value_end = oid_end + 2 + name_der[oid_end + 1]
+        if (
+            short is None
+            or rdn_end > end
+            or pos + 4 + name_der[pos + 3] != rdn_end
+            or value_end != rdn_end
+            or value_end == oid_end + 2
+        ):
+            raise _der.DerError("not a plain attribute")  # also a long-form length (0x80 and up)
+        raw = name_der[oid_end + 2 : value_end]
+        tag = name_der[oid_end]
+        if tag == _der.TAG_UTF8_STRING:
+            value = raw.decode("utf-8")
+            if not _RFC4514_SPECIALS.isdisjoint(value):
+                raise _der.DerError("a value RFC 4514 escapes")
+        elif tag in (_der.TAG_PRINTABLE_STRING, _der.TAG_IA5_STRING) and _PRINTABLE_PLAIN.issuperset(raw):
+            value = raw.decode("ascii")
+        else:
+            raise _der.DerError("not a plain string value")
+        if value[0] in "# " or value[-1] == " ":
+            raise _der.DerError("a value RFC 4514 escapes")
+        parts.append(f"{short}={value}")
+        if oid == _COMMON_NAME_DER:
+            common_name = value  # the last CN is the most specific one
+        pos = rdn_end
+    parts.reverse()
+    return ",".join(parts), common_name
 
 
 def _describe_name(cert: x509.Certificate, which: bool) -> tuple[str, str | None]:

@@ -10,6 +10,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, rsa
 from cryptography.hazmat.primitives.asymmetric import padding as asym_padding
 from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPrivateKeyTypes
+from cryptography.x509.name import _ASN1Type
 from cryptography.x509.oid import ExtensionOID, NameOID
 
 from sslclm.pki import CertificateInfo, compute_fingerprint, extract_info, parse_certificate
@@ -148,6 +149,54 @@ def test_last_common_name_wins_and_special_characters_are_escaped() -> None:
     info = extract_info(issue(name).cert)
     assert info.common_name == "inner.example"
     assert info.subject == name.rfc4514_string()
+
+
+_Attr = x509.NameAttribute
+_AWKWARD_NAMES = {
+    "plain": [_Attr(NameOID.COUNTRY_NAME, "XX"), _Attr(NameOID.COMMON_NAME, "host.example")],
+    "every short name": [
+        _Attr(NameOID.DOMAIN_COMPONENT, "example"),
+        _Attr(NameOID.COUNTRY_NAME, "DE"),
+        _Attr(NameOID.STATE_OR_PROVINCE_NAME, "Bayern"),
+        _Attr(NameOID.LOCALITY_NAME, "München"),
+        _Attr(NameOID.STREET_ADDRESS, "Hauptstraße 1"),
+        _Attr(NameOID.ORGANIZATION_NAME, "Org (Test) = 1?"),
+        _Attr(NameOID.ORGANIZATIONAL_UNIT_NAME, "Unit/2:3"),
+        _Attr(NameOID.USER_ID, "u123"),
+        _Attr(NameOID.COMMON_NAME, "outer"),
+        _Attr(NameOID.COMMON_NAME, "inner"),
+    ],
+    "specials": [_Attr(NameOID.ORGANIZATION_NAME, 'a+b,"c"; <d>\\e')],
+    "leading hash and spaces": [
+        _Attr(NameOID.ORGANIZATION_NAME, "#1"),
+        _Attr(NameOID.ORGANIZATIONAL_UNIT_NAME, " lead"),
+        _Attr(NameOID.COMMON_NAME, "trail "),
+    ],
+    "one space": [_Attr(NameOID.COMMON_NAME, " ")],
+    "PrintableString": [_Attr(NameOID.COMMON_NAME, "Host 1 (a-b) = c?", _ASN1Type.PrintableString)],
+    "IA5String": [
+        _Attr(NameOID.DOMAIN_COMPONENT, "com"),
+        _Attr(NameOID.COMMON_NAME, "x", _ASN1Type.IA5String),
+    ],
+    "BMPString": [_Attr(NameOID.COMMON_NAME, "bmp.example", _ASN1Type.BMPString)],
+    "other OID": [_Attr(NameOID.EMAIL_ADDRESS, "ops@example.com"), _Attr(NameOID.SERIAL_NUMBER, "42")],
+    "value over 127 bytes": [_Attr(NameOID.ORGANIZATION_NAME, "o" * 200), _Attr(NameOID.COMMON_NAME, "c")],
+    "long value": [_Attr(NameOID.ORGANIZATIONAL_UNIT_NAME, "u" * 60), _Attr(NameOID.COMMON_NAME, "c" * 64)],
+    "multi-valued RDN": [
+        x509.RelativeDistinguishedName([_Attr(NameOID.COMMON_NAME, "a"), _Attr(NameOID.USER_ID, "b")])
+    ],
+    "empty": [],
+}
+
+
+@pytest.mark.parametrize("label", sorted(_AWKWARD_NAMES))
+def test_names_read_from_der_match_cryptographys_rfc4514_strings(label: str) -> None:
+    name = x509.Name(_AWKWARD_NAMES[label])
+    cert = issue(name).cert
+    common_names = [a.value for a in name if a.oid == NameOID.COMMON_NAME]
+    info = extract_info(cert)
+    assert info.subject == name.rfc4514_string()
+    assert info.common_name == (common_names[-1] if common_names else None)
 
 
 def test_key_usage_encipher_and_decipher_only_need_key_agreement() -> None:

@@ -1,0 +1,97 @@
+"""An initial load builds four of the certificates' indexes once, at its end.
+
+Four indexes of ``certificates`` take their keys in random order: serial, common name, expiry,
+and issuer then expiry. A directory import maintains them row by row. At a million certificates,
+each batch then lands on leaf pages all over them, and that upkeep costs the single writer about
+as much CPU as everything else it does. Building an index once from the finished table is a sort
+instead, a few seconds at a million rows. Database manuals give the same advice for a bulk load
+(PostgreSQL's "Populating a Database": "create the indexes after loading the data").
+
+So a directory import into an inventory that holds fewer than :data:`INITIAL_LOAD_MAX_ROWS`
+certificates drops those four indexes first and builds them again when it ends, whether it ends
+well or not. Meanwhile lookups that would use them still answer correctly, only by scanning, which
+matters little while the inventory is that young. An import into a larger inventory keeps them:
+building them again would cost more than it saves.
+
+The other indexes stay whatever happens:
+
+- the fingerprint's unique index, which the import itself looks up and relies on to never
+  duplicate a certificate;
+- the public key's, which matches a private key to its certificate during the import and counts
+  key reuse in the policy evaluation jobs a worker may run meanwhile;
+- the rest, which take keys in insertion order and cost little.
+
+If the process dies before it could build them, the next start builds them: see
+:func:`restore_deferred_indexes`, which ``upgrade_database`` runs after every upgrade.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from sqlalchemy import Connection, Engine, Index, Table, func, inspect, select
+from sqlalchemy.schema import DropIndex
+
+from sslclm.inventory.models import Certificate, IssuerCertificateCount
+
+log = logging.getLogger(__name__)
+
+DEFERRED_INDEXES = (
+    "ix_certificates_serial",
+    "ix_certificates_common_name_id",
+    "ix_certificates_not_after_id",
+    "ix_certificates_issuer_archived_expiry",
+)
+# Building the four indexes over this many certificates takes a fraction of a second.
+INITIAL_LOAD_MAX_ROWS = 50_000
+
+
+def deferred_indexes() -> list[Index]:
+    table = Certificate.__table__
+    assert isinstance(table, Table)
+    deferred = [index for index in table.indexes if index.name in DEFERRED_INDEXES]
+    return sorted(deferred, key=lambda index: str(index.name))
+
+
+def stored_certificates(connection: Connection) -> int:
+    """Every certificate, archived ones included, from the per-issuer counts triggers keep exact."""
+    counts = IssuerCertificateCount
+    total = select(func.coalesce(func.sum(counts.live + counts.archived), 0))
+    return int(connection.execute(total).scalar_one())
+
+
+@contextmanager
+def indexes_built_at_end(engine: Engine) -> Iterator[bool]:
+    """Runs the block with the deferred indexes dropped if the inventory is still small.
+
+    Yields whether they were dropped. They are built again when the block ends, even by an error.
+    """
+    with engine.begin() as connection:
+        initial = stored_certificates(connection) < INITIAL_LOAD_MAX_ROWS
+        if initial:
+            for index in deferred_indexes():
+                connection.execute(DropIndex(index, if_exists=True))
+    if not initial:
+        yield False
+        return
+    log.info("initial load: %s are built once the import ends", ", ".join(DEFERRED_INDEXES))
+    try:
+        yield True
+    finally:
+        with engine.begin() as connection:
+            restore_deferred_indexes(connection)
+
+
+def restore_deferred_indexes(connection: Connection) -> list[str]:
+    """Builds whichever of the deferred indexes is missing; returns their names."""
+    present = {index["name"] for index in inspect(connection).get_indexes(Certificate.__tablename__)}
+    built = []
+    for index in deferred_indexes():
+        if index.name not in present:
+            index.create(connection, checkfirst=True)
+            built.append(str(index.name))
+    if built:
+        log.info("built the certificates' indexes %s", ", ".join(built))
+    return built
