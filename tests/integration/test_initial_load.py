@@ -33,19 +33,21 @@ def write_leaves(directory: Path, count: int, prefix: str) -> Path:
     return directory
 
 
+def import_watching_indexes(platform: Platform, directory: Path) -> tuple[int, list[set[str]]]:
+    """Imports ``directory``; returns how many certificates went in and the indexes after each batch."""
+    seen: list[set[str]] = []
+    summary = import_paths(
+        platform, [directory], CTX, workers=1, progress=lambda _: seen.append(certificate_indexes(platform))
+    )
+    return summary.imported, seen
+
+
 def test_an_import_into_a_young_inventory_builds_the_indexes_at_its_end(
     platform: Platform, tmp_path: Path
 ) -> None:
     assert certificate_indexes(platform) >= set(DEFERRED_INDEXES)
-    seen_during: list[set[str]] = []
-    summary = import_paths(
-        platform,
-        [write_leaves(tmp_path / "certs", 12, "young")],
-        CTX,
-        workers=1,
-        progress=lambda _: seen_during.append(certificate_indexes(platform)),
-    )
-    assert summary.imported == 12
+    imported, seen_during = import_watching_indexes(platform, write_leaves(tmp_path / "certs", 12, "young"))
+    assert imported == 12
     # While the batches were written, the four were gone; the fingerprint's and public key's stayed.
     assert seen_during and all(not (names & set(DEFERRED_INDEXES)) for names in seen_during)
     kept = {"ix_certificates_public_key_sha256", "ix_certificates_updated_at_id"}
@@ -65,15 +67,8 @@ def test_an_import_into_a_larger_inventory_keeps_its_indexes(
 ) -> None:
     import_paths(platform, [write_leaves(tmp_path / "first", 3, "first")], CTX, workers=1)
     monkeypatch.setattr(initial_load, "INITIAL_LOAD_MAX_ROWS", 3)
-    seen_during: list[set[str]] = []
-    summary = import_paths(
-        platform,
-        [write_leaves(tmp_path / "second", 4, "second")],
-        CTX,
-        workers=1,
-        progress=lambda _: seen_during.append(certificate_indexes(platform)),
-    )
-    assert summary.imported == 4
+    imported, seen_during = import_watching_indexes(platform, write_leaves(tmp_path / "second", 4, "second"))
+    assert imported == 4
     assert seen_during and all(names >= set(DEFERRED_INDEXES) for names in seen_during)
 
 
