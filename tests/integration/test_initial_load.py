@@ -13,7 +13,12 @@ from sslclm.core.migrate import upgrade_database
 from sslclm.core.platform import Platform
 from sslclm.inventory import initial_load
 from sslclm.inventory.importer import import_paths
-from sslclm.inventory.initial_load import DEFERRED_INDEXES, deferred_indexes
+from sslclm.inventory.initial_load import (
+    DEFERRED_INDEXES,
+    deferred_indexes,
+    indexes_built_at_end,
+    initial_load_lock,
+)
 from sslclm.inventory.models import Certificate
 from tests.support.certs import make_ca, make_leaf
 
@@ -87,5 +92,20 @@ def test_the_next_start_builds_indexes_a_dead_import_left_out(platform: Platform
         for index in deferred_indexes():
             connection.execute(DropIndex(index))
     assert not certificate_indexes(platform) & set(DEFERRED_INDEXES)
+    upgrade_database(platform.engine)
+    assert certificate_indexes(platform) >= set(DEFERRED_INDEXES)
+
+
+def test_a_start_beside_a_running_initial_load_leaves_the_indexes_to_it(platform: Platform) -> None:
+    with platform.engine.begin() as connection:
+        for index in deferred_indexes():
+            connection.execute(DropIndex(index))
+    with initial_load_lock(platform.engine) as held:
+        assert held
+        # Another process starting now (a CLI command beside the import) must not build them.
+        upgrade_database(platform.engine)
+        assert not certificate_indexes(platform) & set(DEFERRED_INDEXES)
+        with indexes_built_at_end(platform.engine) as dropped:
+            assert not dropped  # a second import leaves them to the load that runs
     upgrade_database(platform.engine)
     assert certificate_indexes(platform) >= set(DEFERRED_INDEXES)

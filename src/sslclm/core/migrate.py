@@ -25,9 +25,9 @@ def upgrade_database(engine: Engine, revision: str = "head") -> None:
         config = alembic_config(engine)
         config.attributes["connection"] = connection
         command.upgrade(config, revision)
-        if revision == "head":
-            # An initial load that died before the end left indexes to build (see the module).
-            restore_deferred_indexes(connection)
+    if revision == "head":
+        # An initial load that died before the end left indexes to build (see the module).
+        restore_deferred_indexes(engine)
 
 
 def autogenerate(engine: Engine, message: str) -> None:

@@ -21,15 +21,20 @@ The other indexes stay whatever happens:
   key reuse in the policy evaluation jobs a worker may run meanwhile;
 - the rest, which take keys in insertion order and cost little.
 
-If the process dies before it could build them, the next start builds them: see
-:func:`restore_deferred_indexes`, which ``upgrade_database`` runs after every upgrade.
+An initial load holds a lock from start to end (a PostgreSQL advisory lock, or a file lock beside
+the SQLite database), which its process's death releases. If the process dies before it could
+build the indexes, the next start builds them: see :func:`restore_deferred_indexes`, which
+``upgrade_database`` runs after every upgrade, and which leaves them alone while a load holds the
+lock (a ``sslclm certs list`` beside a running import must not build them under it).
 """
 
 from __future__ import annotations
 
+import fcntl
 import logging
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
 
 from sqlalchemy import Connection, Engine, Index, Table, func, inspect, select
 from sqlalchemy.schema import DropIndex
@@ -46,6 +51,8 @@ DEFERRED_INDEXES = (
 )
 # Building the four indexes over this many certificates takes a fraction of a second.
 INITIAL_LOAD_MAX_ROWS = 50_000
+# The PostgreSQL advisory lock an initial load holds ("SSLCLM" and 1).
+_ADVISORY_LOCK = 0x53534C434C4D0001
 
 
 def deferred_indexes() -> list[Index]:
@@ -63,34 +70,83 @@ def stored_certificates(connection: Connection) -> int:
 
 
 @contextmanager
+def initial_load_lock(engine: Engine) -> Iterator[bool]:
+    """Takes the initial-load lock if no other process holds it; yields whether this one does."""
+    if engine.dialect.name == "postgresql":
+        with engine.connect() as connection:
+            taken = connection.exec_driver_sql(f"SELECT pg_try_advisory_lock({_ADVISORY_LOCK})").scalar()
+            connection.commit()  # a session lock: no transaction stays open while it is held
+            try:
+                yield bool(taken)
+            finally:
+                if taken:
+                    connection.exec_driver_sql(f"SELECT pg_advisory_unlock({_ADVISORY_LOCK})")
+                    connection.commit()
+        return
+    database = engine.url.database
+    if not database or database == ":memory:":
+        yield True  # no file, so no other process can share the database
+        return
+    # A file lock, released with the process: a lock file beside the database, like its -wal file.
+    with Path(f"{database}-initial-load.lock").open("ab") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            taken = True
+        except BlockingIOError:
+            taken = False
+        try:
+            yield taken
+        finally:
+            if taken:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+@contextmanager
 def indexes_built_at_end(engine: Engine) -> Iterator[bool]:
     """Runs the block with the deferred indexes dropped if the inventory is still small.
 
     Yields whether they were dropped. They are built again when the block ends, even by an error.
+    While another initial load runs, this import leaves the indexes to it.
     """
-    with engine.begin() as connection:
-        initial = stored_certificates(connection) < INITIAL_LOAD_MAX_ROWS
-        if initial:
-            for index in deferred_indexes():
-                connection.execute(DropIndex(index, if_exists=True))
-    if not initial:
-        yield False
-        return
-    log.info("initial load: %s are built once the import ends", ", ".join(DEFERRED_INDEXES))
-    try:
-        yield True
-    finally:
+    with ExitStack() as held_lock:
+        initial = False
+        if held_lock.enter_context(initial_load_lock(engine)):
+            with engine.begin() as connection:
+                initial = stored_certificates(connection) < INITIAL_LOAD_MAX_ROWS
+                if initial:
+                    for index in deferred_indexes():
+                        connection.execute(DropIndex(index, if_exists=True))
+        if not initial:
+            held_lock.close()  # this import keeps every index: nothing for the lock to guard
+            yield False
+            return
+        log.info("initial load: %s are built once the import ends", ", ".join(DEFERRED_INDEXES))
+        try:
+            yield True
+        finally:
+            with engine.begin() as connection:
+                _build_missing(connection)
+
+
+def restore_deferred_indexes(engine: Engine) -> list[str]:
+    """Builds whichever of the deferred indexes is missing, unless an initial load is running.
+
+    Returns the names of those it built.
+    """
+    with initial_load_lock(engine) as held:
+        if not held:
+            log.info("an initial load is running: it builds the certificates' indexes when it ends")
+            return []
         with engine.begin() as connection:
-            restore_deferred_indexes(connection)
+            return _build_missing(connection)
 
 
-def restore_deferred_indexes(connection: Connection) -> list[str]:
-    """Builds whichever of the deferred indexes is missing; returns their names."""
+def _build_missing(connection: Connection) -> list[str]:
     present = {index["name"] for index in inspect(connection).get_indexes(Certificate.__tablename__)}
     built = []
     for index in deferred_indexes():
         if index.name not in present:
-            index.create(connection, checkfirst=True)
+            index.create(connection)
             built.append(str(index.name))
     if built:
         log.info("built the certificates' indexes %s", ", ".join(built))
