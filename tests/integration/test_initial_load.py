@@ -30,6 +30,13 @@ def certificate_indexes(platform: Platform) -> set[str]:
         return {str(index["name"]) for index in inspect(connection).get_indexes("certificates")}
 
 
+def drop_deferred_indexes(platform: Platform) -> None:
+    """What an initial load leaves behind if its process dies before the end."""
+    with platform.engine.begin() as connection:
+        for index in deferred_indexes():
+            connection.execute(DropIndex(index))
+
+
 def write_leaves(directory: Path, count: int, prefix: str) -> Path:
     root = make_ca(f"{prefix} Root")
     directory.mkdir(parents=True)
@@ -88,18 +95,14 @@ def test_a_failed_import_still_builds_the_indexes(platform: Platform, tmp_path: 
 
 
 def test_the_next_start_builds_indexes_a_dead_import_left_out(platform: Platform) -> None:
-    with platform.engine.begin() as connection:
-        for index in deferred_indexes():
-            connection.execute(DropIndex(index))
+    drop_deferred_indexes(platform)
     assert not certificate_indexes(platform) & set(DEFERRED_INDEXES)
     upgrade_database(platform.engine)
     assert certificate_indexes(platform) >= set(DEFERRED_INDEXES)
 
 
 def test_a_start_beside_a_running_initial_load_leaves_the_indexes_to_it(platform: Platform) -> None:
-    with platform.engine.begin() as connection:
-        for index in deferred_indexes():
-            connection.execute(DropIndex(index))
+    drop_deferred_indexes(platform)
     with initial_load_lock(platform.engine) as held:
         assert held
         # Another process starting now (a CLI command beside the import) must not build them.

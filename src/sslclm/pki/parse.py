@@ -260,7 +260,6 @@ _RFC4514_SHORT_NAMES = {
     )
 }
 _COMMON_NAME_DER = _der.encode_oid(_COMMON_NAME.dotted_string)
-_TAG_SET = 0x31
 # PrintableString's alphabet (X.680) less RFC 4514's specials: such bytes read the same in any decoder.
 _PRINTABLE_PLAIN = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789 '()-./:=?")
 _RFC4514_SPECIALS = frozenset('\\"+,;<>\x00')
@@ -282,7 +281,7 @@ def _describe_plain_name(name_der: bytes) -> tuple[str, str | None]:
     while pos < end:
         # SET { SEQUENCE { OID, value } }, each header two bytes.
         headers = (name_der[pos], name_der[pos + 2], name_der[pos + 4])
-        if headers != (_TAG_SET, _der.TAG_SEQUENCE, _der.TAG_OID):
+        if headers != (_der.TAG_SET, _der.TAG_SEQUENCE, _der.TAG_OID):
             raise _der.DerError("not a single-valued RDN")
         rdn_end = pos + 2 + name_der[pos + 1]
         oid_end = pos + 6 + name_der[pos + 5]
