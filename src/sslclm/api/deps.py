@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import timedelta
 from typing import Annotated
 
 from fastapi import Depends, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
@@ -30,7 +31,11 @@ TOKEN_CACHE_SECONDS = 5.0
 LAST_USED_RESOLUTION = timedelta(minutes=1)
 
 
-def get_platform(request: Request) -> Platform:
+# The dependencies that do no I/O are coroutines: FastAPI runs a plain function dependency in
+# its thread pool, and each such hop costs a request more than the work itself.
+
+
+async def get_platform(request: Request) -> Platform:
     platform: Platform = request.app.state.platform
     return platform
 
@@ -38,12 +43,14 @@ def get_platform(request: Request) -> Platform:
 PlatformDep = Annotated[Platform, Depends(get_platform)]
 
 
-def get_session(platform: PlatformDep) -> Iterator[Session]:
-    session = platform.sessions()
+async def get_session(platform: PlatformDep) -> AsyncIterator[Session]:
+    session = platform.sessions()  # connects on first use, in the endpoint's thread
     try:
         yield session
     finally:
-        session.close()
+        # Closing hands the connection back to the pool with a rollback: a round trip, so not
+        # on the event loop.
+        await run_in_threadpool(session.close)
 
 
 SessionDep = Annotated[Session, Depends(get_session)]
@@ -166,10 +173,10 @@ async def get_principal(
 CurrentPrincipal = Annotated[Principal, Depends(get_principal)]
 
 
-def require(permission: Permission) -> Callable[[Principal], Principal]:
+def require(permission: Permission) -> Callable[[Principal], Awaitable[Principal]]:
     """A dependency that lets the request through only with ``permission``."""
 
-    def checker(principal: CurrentPrincipal) -> Principal:
+    async def checker(principal: CurrentPrincipal) -> Principal:
         principal.require(permission)
         return principal
 
@@ -177,7 +184,7 @@ def require(permission: Permission) -> Callable[[Principal], Principal]:
     return checker
 
 
-def audit_context(request: Request, principal: CurrentPrincipal) -> AuditContext:
+async def audit_context(request: Request, principal: CurrentPrincipal) -> AuditContext:
     return AuditContext(
         actor=principal.actor,
         request_id=getattr(request.state, "request_id", None),

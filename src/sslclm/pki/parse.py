@@ -19,9 +19,15 @@ from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, padding, rsa, x448, x25519
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from cryptography.utils import CryptographyDeprecationWarning
-from cryptography.x509.oid import AuthorityInformationAccessOID, ExtendedKeyUsageOID, NameOID
+from cryptography.x509.oid import AuthorityInformationAccessOID, NameOID
 
 from sslclm.pki import _der
+from sslclm.pki._plain_extensions import (
+    EKU_NAMES_BY_OID,
+    KEY_USAGE_BITS,
+    ExtensionFields,
+    read_plain_extensions,
+)
 from sslclm.pki.info import CertificateInfo
 
 __all__ = ["compute_fingerprint", "extract_info", "parse_certificate"]
@@ -30,24 +36,7 @@ _COMMON_NAME = NameOID.COMMON_NAME
 _OCSP = AuthorityInformationAccessOID.OCSP
 _CA_ISSUERS = AuthorityInformationAccessOID.CA_ISSUERS
 
-_EKU_NAMES: dict[x509.ObjectIdentifier, str] = {
-    ExtendedKeyUsageOID.SERVER_AUTH: "serverAuth",
-    ExtendedKeyUsageOID.CLIENT_AUTH: "clientAuth",
-    ExtendedKeyUsageOID.CODE_SIGNING: "codeSigning",
-    ExtendedKeyUsageOID.EMAIL_PROTECTION: "emailProtection",
-    ExtendedKeyUsageOID.TIME_STAMPING: "timeStamping",
-    ExtendedKeyUsageOID.OCSP_SIGNING: "OCSPSigning",
-}
-
-_KEY_USAGE_FLAGS = (
-    "digital_signature",
-    "content_commitment",
-    "key_encipherment",
-    "data_encipherment",
-    "key_agreement",
-    "key_cert_sign",
-    "crl_sign",
-)
+_EKU_NAMES = {x509.ObjectIdentifier(oid): name for oid, name in EKU_NAMES_BY_OID}
 
 # SubjectPublicKeyInfo algorithm OIDs (DER value bytes) -> our name.
 _RSA = _der.encode_oid("1.2.840.113549.1.1.1")
@@ -183,8 +172,7 @@ def _extract_once(
     else:
         serial = cert.serial_number
 
-    ext = _Extensions()
-    ext.collect(cert, der, layout)
+    ext = _extension_fields(cert, der, layout)
 
     fingerprint = hashlib.sha256(der).hexdigest()
     self_signed = same_names and _is_self_signed(cert, fingerprint)
@@ -489,33 +477,10 @@ def _uris(names: Iterable[x509.GeneralName] | None) -> list[str]:
     return [gn.value for gn in names if isinstance(gn, x509.UniformResourceIdentifier)]
 
 
-class _Extensions:
-    """Extension-derived fields, filled by one pass over the extension list."""
+class _Extensions(ExtensionFields):
+    """Extension-derived fields, filled by one pass over cryptography's extension list."""
 
-    __slots__ = (
-        "authority_key_id",
-        "ca_issuer_urls",
-        "crl_distribution_points",
-        "extended_key_usage",
-        "is_ca",
-        "key_usage",
-        "ocsp_urls",
-        "path_length",
-        "sans",
-        "subject_key_id",
-    )
-
-    def __init__(self) -> None:
-        self.sans: list[str] = []
-        self.key_usage: tuple[str, ...] = ()
-        self.extended_key_usage: tuple[str, ...] = ()
-        self.is_ca = False
-        self.path_length: int | None = None
-        self.authority_key_id: str | None = None
-        self.subject_key_id: str | None = None
-        self.crl_distribution_points: list[str] = []
-        self.ocsp_urls: list[str] = []
-        self.ca_issuer_urls: list[str] = []
+    __slots__ = ()
 
     def collect(self, cert: x509.Certificate, der: bytes, layout: _der.CertificateLayout | None) -> None:
         try:
@@ -540,7 +505,7 @@ class _Extensions:
         self.sans = ["DNS:" + gn.value if type(gn) is dns else _general_name(gn) for gn in value]
 
     def _key_usage(self, value: x509.KeyUsage) -> None:
-        names = [flag for flag in _KEY_USAGE_FLAGS if getattr(value, flag)]
+        names = [flag for flag in KEY_USAGE_BITS if getattr(value, flag)]
         if value.key_agreement:  # encipher/decipher_only are only defined with keyAgreement
             if value.encipher_only:
                 names.append("encipher_only")
@@ -570,13 +535,17 @@ class _Extensions:
         self.crl_distribution_points = urls
 
     def _aia(self, value: x509.AuthorityInformationAccess) -> None:
+        ocsp: list[str] = []
+        ca_issuers: list[str] = []
         for desc in value:
             loc = desc.access_location
             if isinstance(loc, x509.UniformResourceIdentifier):
                 if desc.access_method == _OCSP:
-                    self.ocsp_urls.append(loc.value)
+                    ocsp.append(loc.value)
                 elif desc.access_method == _CA_ISSUERS:
-                    self.ca_issuer_urls.append(loc.value)
+                    ca_issuers.append(loc.value)
+        self.ocsp_urls = ocsp
+        self.ca_issuer_urls = ca_issuers
 
 
 _HANDLERS: dict[type, Callable[[_Extensions, Any], None]] = {
@@ -589,6 +558,19 @@ _HANDLERS: dict[type, Callable[[_Extensions, Any], None]] = {
     x509.CRLDistributionPoints: _Extensions._crl_dp,
     x509.AuthorityInformationAccess: _Extensions._aia,
 }
+
+
+def _extension_fields(
+    cert: x509.Certificate, der: bytes, layout: _der.CertificateLayout | None
+) -> ExtensionFields:
+    if layout is not None:
+        try:
+            return read_plain_extensions(der, layout.extensions)
+        except (_der.DerError, IndexError):
+            pass  # not plain: cryptography reads them below
+    ext = _Extensions()
+    ext.collect(cert, der, layout)
+    return ext
 
 
 def _isolated_extension_values(der: bytes, layout: _der.CertificateLayout | None) -> list[Any]:

@@ -6,7 +6,7 @@ every POST), so the UI can never allow what the API refuses.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Annotated, Any
 from urllib.parse import urlencode
@@ -76,10 +76,10 @@ async def web_principal(request: Request) -> Principal:
 WebPrincipal = Annotated[Principal, Depends(web_principal)]
 
 
-def page_requires(permission: Permission) -> Callable[[Principal], Principal]:
+def page_requires(permission: Permission) -> Callable[[Principal], Awaitable[Principal]]:
     """Like the API's ``require``: the same permission matrix, a page-friendly login failure."""
 
-    def checker(principal: WebPrincipal) -> Principal:
+    async def checker(principal: WebPrincipal) -> Principal:
         principal.require(permission)
         return principal
 
