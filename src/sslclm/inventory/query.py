@@ -19,7 +19,7 @@ from typing import Any
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, field_validator
-from sqlalchemy import ColumnElement, Select, and_, exists, func, or_, select, text
+from sqlalchemy import ColumnElement, Select, and_, bindparam, exists, func, or_, select, text
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import KeyedColumnElement
@@ -138,7 +138,11 @@ def _live() -> ColumnElement[bool]:
 
 def status_condition(status: Status, now: datetime, window: timedelta) -> ColumnElement[bool]:
     """The SQL for one lifecycle status; the precedence matches ``status_of``."""
-    soon = now + window
+    return _status_between(status, now, now + window)
+
+
+def _status_between(status: Status, now: Any, soon: Any) -> ColumnElement[bool]:
+    """``status_condition`` with the expiry window's end given: datetimes or bound parameters."""
     if status is Status.REVOKED:
         return Certificate.revoked_at.is_not(None)
     if status is Status.SUPERSEDED:
@@ -232,13 +236,17 @@ def _bounded_scan(session: Session, q: str | None) -> Iterator[None]:
 def filter_conditions(
     session: Session, flt: CertificateFilter, now: datetime, window: timedelta
 ) -> list[ColumnElement[bool]]:
+    return _conditions(session, flt, now, now + window)
+
+
+def _conditions(session: Session, flt: CertificateFilter, now: Any, soon: Any) -> list[ColumnElement[bool]]:
     conds: list[ColumnElement[bool]] = []
     if not flt.include_archived:
         conds.append(Certificate.archived_at.is_(None))
     if flt.q:
         conds.append(text_condition(session, flt.q))
     if flt.status:
-        conds.append(or_(*(status_condition(s, now, window) for s in flt.status)))
+        conds.append(or_(*(_status_between(s, now, soon) for s in flt.status)))
     if flt.expires_after is not None:
         conds.append(Certificate.not_after >= flt.expires_after)
     if flt.expires_before is not None:
@@ -306,15 +314,20 @@ class Cursor:
 
 
 def _after_cursor(column: Any, cursor: Cursor, nulls_smallest: bool) -> ColumnElement[bool]:
-    """Rows strictly after the cursor in (column, id) order, with the backend's native NULL order."""
-    value, last_id = cursor.value, cursor.last_id
+    """Rows strictly after the cursor in (column, id) order, with the backend's native NULL order.
+
+    The cursor's value and id are bound parameters (:func:`cursor_params` gives them), so one
+    statement serves every page of a listing.
+    """
+    last_id = bindparam(AFTER_ID, type_=Certificate.id.type)
     id_after = Certificate.id < last_id if cursor.descending else Certificate.id > last_id
     # Whether NULLs come after every value in this direction.
     nulls_after = nulls_smallest == cursor.descending
-    if value is None:
+    if cursor.value is None:
         if nulls_after:
             return and_(column.is_(None), id_after)
         return or_(column.is_not(None), and_(column.is_(None), id_after))
+    value = bindparam(AFTER_VALUE, type_=column.type)
     beyond = column < value if cursor.descending else column > value
     # The redundant bound (col >= v, or col <= v descending) lets both backends seek the (col, id)
     # index to the cursor instead of scanning from the start and filtering.
@@ -323,6 +336,10 @@ def _after_cursor(column: Any, cursor: Cursor, nulls_smallest: bool) -> ColumnEl
     # Only a nullable column needs the NULL branch; on a NOT NULL one it would stop PostgreSQL's seek.
     nullable = getattr(getattr(column, "expression", column), "nullable", True)
     return or_(cond, column.is_(None)) if nulls_after and nullable else cond
+
+
+def cursor_params(cursor: Cursor | None) -> dict[str, Any]:
+    return {} if cursor is None else {AFTER_VALUE: cursor.value, AFTER_ID: cursor.last_id}
 
 
 def _sort_column(sort: str) -> KeyedColumnElement[Any]:
@@ -340,17 +357,18 @@ def build_select(
     *,
     sort: str,
     descending: bool,
-    cursor: str | None,
-    now: datetime,
-    window: timedelta,
+    cursor: Cursor | None,
+    now: Any,
+    soon: Any,
     columns: Sequence[Any] = SUMMARY_COLUMNS,
 ) -> Select[Any]:
+    """The listing's SELECT; ``now`` and ``soon`` (the expiry window's end) may be bound parameters."""
     column = _sort_column(sort)
     stmt = select(*columns).join(Issuer, Issuer.id == Certificate.issuer_id)
-    conds = filter_conditions(session, flt, now, window)
-    if cursor:
+    conds = _conditions(session, flt, now, soon)
+    if cursor is not None:
         nulls_smallest = session.get_bind().dialect.name != "postgresql"
-        conds.append(_after_cursor(column, Cursor.decode(cursor, sort, descending), nulls_smallest))
+        conds.append(_after_cursor(column, cursor, nulls_smallest))
     if conds:
         stmt = stmt.where(*conds)
     if sort == "id":
@@ -358,6 +376,53 @@ def build_select(
     else:
         order = [column.desc(), Certificate.id.desc()] if descending else [column.asc(), Certificate.id.asc()]
     return stmt.order_by(*order)
+
+
+# Bound-parameter names of what changes from one request of a listing to the next.
+LIST_NOW = "list_now"
+LIST_SOON = "list_soon"
+AFTER_VALUE = "after_value"
+AFTER_ID = "after_id"
+_LIST_STATEMENTS_MAX = 512
+# (backend, filter, sort, direction, cursor shape, limit) -> SELECT. Building a statement and
+# mapping a new one's columns onto the cached compiled form cost more CPU than running the query
+# on a busy API node; the same statement object skips both. Not for text search, whose
+# condition depends on the term.
+_list_statements: dict[tuple[Any, ...], Select[Any]] = {}
+
+
+def _list_statement(
+    session: Session,
+    flt: CertificateFilter,
+    *,
+    sort: str,
+    descending: bool,
+    cursor: Cursor | None,
+    limit: int,
+) -> Select[Any]:
+    key: tuple[Any, ...] | None = None
+    if not flt.q:
+        shape = None if cursor is None else cursor.value is None
+        key = (session.get_bind().dialect.name, flt.model_dump_json(), sort, descending, shape, limit)
+        cached = _list_statements.get(key)
+        if cached is not None:
+            return cached
+    columns = (*SUMMARY_COLUMNS, HAS_TAGS)
+    stmt = build_select(
+        session,
+        flt,
+        sort=sort,
+        descending=descending,
+        cursor=cursor,
+        now=bindparam(LIST_NOW),
+        soon=bindparam(LIST_SOON),
+        columns=columns,
+    ).limit(limit + 1)
+    if key is not None:
+        if len(_list_statements) >= _LIST_STATEMENTS_MAX:
+            _list_statements.clear()  # bounded; the listings in use come straight back
+        _list_statements[key] = stmt
+    return stmt
 
 
 @dataclass(frozen=True, slots=True)
@@ -420,19 +485,13 @@ def list_certificates(
     if not 1 <= limit <= MAX_PAGE:
         raise InvalidInputError(f"limit must be between 1 and {MAX_PAGE}", field="limit")
     window = timedelta(days=expiring_days)
-    stmt = build_select(
-        session,
-        flt,
-        sort=sort,
-        descending=descending,
-        cursor=cursor,
-        now=now,
-        window=window,
-        columns=(*SUMMARY_COLUMNS, HAS_TAGS),
-    )
+    _sort_column(sort)  # an unknown sort is refused before its cursor is read
+    after = Cursor.decode(cursor, sort, descending) if cursor else None
+    stmt = _list_statement(session, flt, sort=sort, descending=descending, cursor=after, limit=limit)
+    params = {LIST_NOW: now, LIST_SOON: now + window, **cursor_params(after)}
     # Core on the session's connection: the rows are plain tuples, the ORM's loading adds nothing here.
     with _bounded_scan(session, flt.q if bounded else None):
-        rows = session.connection().execute(stmt.limit(limit + 1)).all()
+        rows = session.connection().execute(stmt, params).all()
     more = len(rows) > limit
     rows = rows[:limit]
     tagged = [row.id for row in rows if row.has_tags]
