@@ -5,8 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from sqlalchemy import inspect, select
-from sqlalchemy.schema import DropIndex
+from sqlalchemy import inspect, select, text
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.schema import DropConstraint, DropIndex
 
 from sslclm.audit.service import AuditContext
 from sslclm.core.migrate import upgrade_database
@@ -14,7 +15,9 @@ from sslclm.core.platform import Platform
 from sslclm.inventory import initial_load
 from sslclm.inventory.importer import import_paths
 from sslclm.inventory.initial_load import (
+    DEFERRED_FOREIGN_KEYS,
     DEFERRED_INDEXES,
+    deferred_foreign_keys,
     deferred_indexes,
     indexes_built_at_end,
     initial_load_lock,
@@ -28,6 +31,20 @@ CTX = AuditContext(actor="test")
 def certificate_indexes(platform: Platform) -> set[str]:
     with platform.engine.connect() as connection:
         return {str(index["name"]) for index in inspect(connection).get_indexes("certificates")}
+
+
+def foreign_keys(platform: Platform) -> set[str]:
+    with platform.engine.connect() as connection:
+        inspector = inspect(connection)
+        return {
+            str(fk["name"])
+            for table in ("certificates", "sightings")
+            for fk in inspector.get_foreign_keys(table)
+        }
+
+
+# SQLite cannot drop a constraint: there an initial load keeps its foreign keys.
+ON_POSTGRESQL = pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
 
 
 def drop_deferred_indexes(platform: Platform) -> None:
@@ -112,3 +129,55 @@ def test_a_start_beside_a_running_initial_load_leaves_the_indexes_to_it(platform
             assert not dropped  # a second import leaves them to the load that runs
     upgrade_database(platform.engine)
     assert certificate_indexes(platform) >= set(DEFERRED_INDEXES)
+
+
+@ON_POSTGRESQL
+def test_an_initial_load_on_postgresql_checks_its_foreign_keys_at_its_end(
+    platform: Platform, tmp_path: Path
+) -> None:
+    assert foreign_keys(platform) >= set(DEFERRED_FOREIGN_KEYS)
+    seen: list[set[str]] = []
+    certs = write_leaves(tmp_path / "certs", 5, "keys")
+    import_paths(platform, [certs], CTX, workers=1, progress=lambda _: seen.append(foreign_keys(platform)))
+    assert seen and all(not (names & set(DEFERRED_FOREIGN_KEYS)) for names in seen)
+    assert foreign_keys(platform) >= set(DEFERRED_FOREIGN_KEYS)
+    with platform.engine.connect() as connection, pytest.raises(IntegrityError):
+        connection.execute(text("UPDATE sightings SET certificate_id = -1"))
+
+
+@ON_POSTGRESQL
+def test_the_next_start_adds_foreign_keys_a_dead_import_left_out(platform: Platform) -> None:
+    with platform.engine.begin() as connection:
+        for fk in deferred_foreign_keys():
+            connection.execute(DropConstraint(fk))
+    upgrade_database(platform.engine)
+    assert foreign_keys(platform) >= set(DEFERRED_FOREIGN_KEYS)
+
+
+@ON_POSTGRESQL
+def test_a_row_written_beside_the_load_leaves_the_key_checking_new_rows(
+    platform: Platform, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    import_paths(platform, [write_leaves(tmp_path / "certs", 1, "orphan")], CTX, workers=1)
+    with platform.engine.begin() as connection:
+        for fk in deferred_foreign_keys():
+            connection.execute(DropConstraint(fk))
+        # What another process could leave while the key was away: a sighting of no certificate.
+        connection.execute(text("UPDATE sightings SET certificate_id = -1"))
+    upgrade_database(platform.engine)
+    assert foreign_keys(platform) >= set(DEFERRED_FOREIGN_KEYS)
+    assert "fk_sightings_certificate_id_certificates holds for new rows only" in caplog.text
+    with platform.engine.connect() as connection:
+        validated = connection.execute(
+            text("SELECT convalidated FROM pg_constraint WHERE conname = :name"),
+            {"name": "fk_sightings_certificate_id_certificates"},
+        ).scalar_one()
+        assert validated is False
+        with pytest.raises(IntegrityError):
+            connection.execute(
+                text(
+                    "INSERT INTO sightings"
+                    " (certificate_id, kind, location, source, details, first_seen, last_seen)"
+                    " VALUES (-2, 'file', '/x', 'import', '{}', now(), now())"
+                )
+            )
