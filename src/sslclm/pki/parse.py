@@ -3,8 +3,9 @@
 Discovery and import push tens of thousands of certificates a second through here, so the work is
 arranged to do each expensive thing once: the DER is hashed with hashlib (not re-encoded per digest),
 the SubjectPublicKeyInfo is sliced out of the DER instead of building a key object and serialising it
-back, and the extension list is parsed once and dispatched by type. A malformed extension never fails
-the whole certificate: that extension's fields are left empty.
+back, plain names and plain extensions are read from the DER (``_plain_extensions``), and any other
+extension list is parsed once by cryptography and dispatched by type. A malformed extension never
+fails the whole certificate: that extension's fields are left empty.
 """
 
 from __future__ import annotations
