@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 from sqlalchemy import delete, func, select, update
+from sqlalchemy.dialects.sqlite import DATETIME as SQLITE_DATETIME
+from sqlalchemy.dialects.sqlite.pysqlite import SQLiteDialect_pysqlite as sqlite_dialect
 
 from sslclm.audit.service import AuditContext
 from sslclm.core.platform import Platform
@@ -184,3 +186,14 @@ def _tables_named(diff: object) -> list[str]:
             if isinstance(name, str):
                 names.append(name)
     return names
+
+
+def test_stored_datetimes_are_the_text_sqlalchemy_writes_on_sqlite() -> None:
+    store = SQLITE_DATETIME().bind_processor(sqlite_dialect())
+    assert store is not None
+    for value in (
+        datetime(2026, 11, 28, 17, 5, 9, 42, tzinfo=UTC),
+        datetime(5, 1, 2, 3, 4, 5, 6, tzinfo=UTC),
+    ):
+        assert stored_datetime(value) == store(value.replace(tzinfo=None))
+    assert stored_datetime(datetime(5, 1, 2, 3, 4, 5, 6, tzinfo=UTC)) == "0005-01-02 03:04:05.000006"

@@ -131,8 +131,9 @@ def stored_datetime(value: datetime) -> str:
     and a literal PostgreSQL reads into ``timestamp without time zone``.
     """
     if value.tzinfo is not None:
-        value = value.astimezone(UTC)
-    return f"{value:%Y-%m-%d %H:%M:%S.%f}"
+        value = value.astimezone(UTC).replace(tzinfo=None)
+    # isoformat pads the year to four digits, as SQLAlchemy does (strftime's %Y does not).
+    return value.isoformat(" ", "microseconds")
 
 
 def _driver_connection(session: Session) -> Any:
