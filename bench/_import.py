@@ -48,13 +48,18 @@ def _descendants_cpu() -> float:
 
 
 def _server_cpu(database_url: str) -> float:
-    """CPU seconds of the local PostgreSQL server's processes (0 for SQLite)."""
+    """CPU seconds of the local PostgreSQL server's processes (0 for SQLite).
+
+    A backend that exits between two readings takes its time with it, except into the children
+    times of the postmaster that reaps it: those are counted too.
+    """
     if not database_url.startswith("postgresql"):
         return 0.0
     total = 0.0
     for process in psutil.process_iter(["name", "cpu_times"]):
-        if (process.info["name"] or "").startswith("postgres") and process.info["cpu_times"]:
-            total += process.info["cpu_times"].user + process.info["cpu_times"].system
+        times = process.info["cpu_times"]
+        if (process.info["name"] or "").startswith("postgres") and times:
+            total += times.user + times.system + times.children_user + times.children_system
     return total
 
 
