@@ -123,10 +123,11 @@ def initial_load_lock(engine: Engine) -> Iterator[bool]:
 
 @contextmanager
 def indexes_built_at_end(engine: Engine) -> Iterator[bool]:
-    """Runs the block with the deferred indexes dropped if the inventory is still small.
+    """Runs the block with the deferred indexes (and, on PostgreSQL, foreign keys) dropped if the
+    inventory is still small.
 
-    Yields whether they were dropped. They are built again when the block ends, even by an error.
-    While another initial load runs, this import leaves the indexes to it.
+    Yields whether they were dropped. They come back when the block ends, even by an error. While
+    another initial load runs, this import leaves them to it.
     """
     with ExitStack() as held_lock:
         initial = False
@@ -143,7 +144,10 @@ def indexes_built_at_end(engine: Engine) -> Iterator[bool]:
             held_lock.close()  # this import keeps every index: nothing for the lock to guard
             yield False
             return
-        log.info("initial load: %s are built once the import ends", ", ".join(DEFERRED_INDEXES))
+        deferred = [*DEFERRED_INDEXES]
+        if engine.dialect.name == "postgresql":
+            deferred += DEFERRED_FOREIGN_KEYS
+        log.info("initial load: %s come back once the import ends", ", ".join(deferred))
         try:
             yield True
         finally:
@@ -174,10 +178,11 @@ def _build_missing(connection: Connection) -> list[str]:
             index.create(connection)
             built.append(str(index.name))
     if connection.dialect.name == "postgresql":
-        tables = {str(fk.table.name) for fk in deferred_foreign_keys()}
-        keys = {fk["name"] for table in tables for fk in inspector.get_foreign_keys(table)}
-        for fk in deferred_foreign_keys():
-            if fk.name not in keys:
+        foreign_keys = deferred_foreign_keys()
+        tables = {str(fk.table.name) for fk in foreign_keys}
+        present = {fk["name"] for table in tables for fk in inspector.get_foreign_keys(table)}
+        for fk in foreign_keys:
+            if fk.name not in present:
                 _add_foreign_key(connection, fk)
                 built.append(str(fk.name))
     if built:

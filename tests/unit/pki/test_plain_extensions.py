@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Callable
+from functools import partial
 
 import pytest
 from cryptography import x509
@@ -107,7 +109,6 @@ PLAIN: dict[str, Extensions] = {
 }
 
 ODD: dict[str, Extensions] = {
-    "other name kinds": [],  # the SAN of full_extensions: directory, other and registered-ID names
     "an unknown EKU": [(x509.ExtendedKeyUsage([x509.ObjectIdentifier("1.3.6.1.4.1.99999.1")]), False)],
     "a SAN with a non-ASCII DNS name": [
         _raw(ExtensionOID.SUBJECT_ALTERNATIVE_NAME, b"\x30\x05\x82\x03\xc3\xa9x")
@@ -159,7 +160,6 @@ ODD: dict[str, Extensions] = {
             False,
         )
     ],
-    "an extension twice": [],  # built by _with_duplicate_extension
 }
 
 
@@ -179,48 +179,55 @@ def _through_cryptography(monkeypatch: pytest.MonkeyPatch, cert: x509.Certificat
         return extract_info(cert)
 
 
-def _extensions_of(cert: x509.Certificate) -> tuple[int, int] | None:
+def _read_plain(cert: x509.Certificate) -> None:
     der = cert.public_bytes(Encoding.DER)
-    return _der.certificate_layout(der).extensions
+    read_plain_extensions(der, _der.certificate_layout(der).extensions)
+
+
+def _leaf(issuer: Issued, extensions: Extensions) -> x509.Certificate:
+    return issue(cn("leaf.example"), issuer=issuer, extensions=extensions).cert
+
+
+def _with_other_name_kinds(issuer: Issued) -> x509.Certificate:
+    # The SAN of full_extensions: directory, other and registered-ID names beside the plain ones.
+    san = [
+        ext for ext in full_extensions(issuer, new_key()) if isinstance(ext[0], x509.SubjectAlternativeName)
+    ]
+    return _leaf(issuer, san)
+
+
+def _with_duplicate_extension(issuer: Issued) -> x509.Certificate:
+    # cryptography's builder refuses a duplicate: rename another extension to SKI in the DER.
+    ski = x509.SubjectKeyIdentifier(b"\x09" * 4)
+    placeholder = x509.UnrecognizedExtension(x509.ObjectIdentifier("2.5.29.99"), b"\x04\x04\x09\x09\x09\x09")
+    der = _leaf(issuer, [(ski, False), (placeholder, False)]).public_bytes(Encoding.DER)
+    # Both extensions have the same length; renaming 2.5.29.99 to 2.5.29.14 (SKI) makes a duplicate.
+    spliced = der.replace(b"\x06\x03\x55\x1d\x63", b"\x06\x03\x55\x1d\x0e")
+    assert spliced != der
+    return x509.load_der_x509_certificate(spliced)
+
+
+ODD_CERTIFICATES: dict[str, Callable[[Issued], x509.Certificate]] = {
+    **{name: partial(_leaf, extensions=extensions) for name, extensions in ODD.items()},
+    "other name kinds": _with_other_name_kinds,
+    "an extension twice": _with_duplicate_extension,
+}
 
 
 @pytest.mark.parametrize("name", sorted(PLAIN))
 def test_plain_extensions_read_from_der_match_cryptographys(
     name: str, issuer: Issued, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    cert = issue(cn("leaf.example"), issuer=issuer, extensions=PLAIN[name]).cert
-    der = cert.public_bytes(Encoding.DER)
-    read_plain_extensions(der, _extensions_of(cert))  # plain: no DerError
+    cert = _leaf(issuer, PLAIN[name])
+    _read_plain(cert)  # plain: no DerError
     assert extract_info(cert) == _through_cryptography(monkeypatch, cert)
 
 
-@pytest.mark.parametrize("name", sorted(ODD))
+@pytest.mark.parametrize("name", sorted(ODD_CERTIFICATES))
 def test_odd_extensions_go_through_cryptography(
     name: str, issuer: Issued, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    extensions = ODD[name]
-    if name == "other name kinds":
-        extensions = [
-            ext
-            for ext in full_extensions(issuer, new_key())
-            if isinstance(ext[0], x509.SubjectAlternativeName)
-        ]
-    if name == "an extension twice":
-        # cryptography's builder refuses a duplicate; splice a second copy of the first into the DER.
-        cert = _with_duplicate_extension(issuer)
-    else:
-        cert = issue(cn("leaf.example"), issuer=issuer, extensions=extensions).cert
+    cert = ODD_CERTIFICATES[name](issuer)
     with pytest.raises((_der.DerError, IndexError)):
-        read_plain_extensions(cert.public_bytes(Encoding.DER), _extensions_of(cert))
+        _read_plain(cert)
     assert extract_info(cert) == _through_cryptography(monkeypatch, cert)
-
-
-def _with_duplicate_extension(issuer: Issued) -> x509.Certificate:
-    ski = x509.SubjectKeyIdentifier(b"\x09" * 4)
-    placeholder = x509.UnrecognizedExtension(x509.ObjectIdentifier("2.5.29.99"), b"\x04\x04\x09\x09\x09\x09")
-    cert = issue(cn("leaf.example"), issuer=issuer, extensions=[(ski, False), (placeholder, False)]).cert
-    der = cert.public_bytes(Encoding.DER)
-    # Both extensions have the same length; renaming 2.5.29.99 to 2.5.29.14 (SKI) makes a duplicate.
-    spliced = der.replace(b"\x06\x03\x55\x1d\x63", b"\x06\x03\x55\x1d\x0e")
-    assert spliced != der
-    return x509.load_der_x509_certificate(spliced)
